@@ -117,7 +117,9 @@ def identity(features: Tensor, *, config: IdentityConfig | None = None) -> Reduc
     if features.shape[0] == 0:
         return empty_reduction(features, "none")
     b, n, _ = features.shape
-    return _selection(features, torch.arange(n, device=features.device).expand(b, n), "none")
+    dev = features.device
+    every = torch.arange(n, device=dev).expand(b, n)
+    return Reduction(features, every, torch.full((b,), n, dtype=torch.long, device=dev), every, "none")
 
 
 def random_sample(features: Tensor, *, config: RandomConfig | None = None, **options) -> Reduction:
@@ -163,8 +165,9 @@ def pool(
     features: Tensor, *, grid: tuple[int, int] | None = None, config: PoolConfig | None = None, **options
 ) -> Reduction:
     """Average pooling of the token grid to ``gh × gw`` cells (``adaptive_avg_pool2d``). Each output token is the
-    mean of its window; its anchor is the window's centre token; every input token is assigned to the window
-    whose range ``[floor(i·H/gh), ceil((i+1)·H/gh))`` first contains it."""
+    mean of its window ``[floor(i·H/gh), ceil((i+1)·H/gh))`` (likewise for columns); its anchor is the window's
+    centre token; input token (r, c) is assigned to window ``(floor(r·gh/H), floor(c·gw/W))``, which contains it
+    (windows overlap when gh does not divide H)."""
     cfg = config if config is not None else PoolConfig(**options)
     check_features(features)
     if features.shape[0] == 0:
