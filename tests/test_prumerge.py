@@ -286,3 +286,16 @@ def test_keep_all_tokens_keeps_every_anchor_and_no_extra_token():
     red = prumerge(x, cls_attn=a, keys=k, keep=64)
     assert red.counts == [64, 64]
     assert red.anchors.tolist() == [list(range(64))] * 2
+
+
+def test_reduce_prefers_precomputed_signals_when_q_k_are_also_given():
+    from slimvlm.methods import reduce
+
+    g = torch.Generator().manual_seed(8)
+    q, k = torch.randn(2, 65, 16, generator=g), torch.randn(2, 65, 16, generator=g)
+    x = torch.randn(2, 64, 8, generator=g)
+    from_qk = reduce("prumerge", x, signals=dict(q=q, k=k), keep=6)
+    both = reduce("prumerge", x, signals=dict(q=q, k=k, cls_attn=cls_attention_from_qk(q, k), keys=k[:, 1:]), keep=6)
+    torch.testing.assert_close(both.features, from_qk.features, **TOL)
+    with pytest.raises(ValueError, match="either q and k"):
+        prumerge(x, q=q, k=k, cls_attn=cls_attention_from_qk(q, k), keys=k[:, 1:])

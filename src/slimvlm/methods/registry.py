@@ -141,4 +141,7 @@ def reduce(method: str, features: Tensor, signals: dict[str, Any] | None = None,
     captured); only the ones it accepts are passed. ``options`` are its config fields."""
     info = get(method)
     given = {k: v for k, v in (signals or {}).items() if k in info.accepts and v is not None}
+    if "cls_attn" in given and "keys" in given:  # precomputed signals win over the raw q/k they come from
+        given.pop("q", None)
+        given.pop("k", None)
     return info.function(features, config=make_config(method, **options), **given)
