@@ -1,0 +1,28 @@
+"""One adapter per transformers model family; :func:`adapter_for` picks it by the model's class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Adapter, SignalRequest, VisualItem
+from .llava import LlavaAdapter
+from .qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter)
+
+
+def supported_models() -> list[str]:
+    """Class names of the supported models."""
+    return [name for a in ADAPTERS for name in a.model_classes]
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for ``model``'s class; a ValueError names the supported classes otherwise."""
+    name = type(model).__name__
+    for cls in ADAPTERS:
+        if name in cls.model_classes:
+            return cls(model)
+    raise ValueError(f"unsupported model class {name}; slimvlm supports: {', '.join(supported_models())}")
+
+
+__all__ = ["Adapter", "SignalRequest", "VisualItem", "adapter_for", "supported_models", "ADAPTERS"]

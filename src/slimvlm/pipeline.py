@@ -1,0 +1,286 @@
+"""encode → reduce → rebuild → stock forward / generate, the same for every model family.
+
+``slimvlm.apply(model, method, **options)`` wraps a stock transformers 5 VLM; its ``generate`` and ``__call__``
+take the processor's outputs like the stock model. Each image / video is encoded by the family adapter, reduced
+by the method (per frame for video), and injected through ``mm_encoder_outputs`` — the official way to pass
+precomputed visual features in transformers 5 — with ``input_ids`` / ``attention_mask`` (and, for Qwen,
+``mm_token_type_ids`` and 3-D ``position_ids``) rebuilt for the shorter sequence. No transformers class is
+patched. ``slimvlm.prepare(model, inputs, method)`` returns those kwargs for users who drive the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .methods import get as get_method
+from .methods import make_config
+from .models import adapter_for
+from .models.base import Adapter, SignalRequest, VisualItem
+
+__all__ = ["apply", "prepare", "SlimVLM", "ItemStats", "Prepared"]
+
+#: Where each tower-signal method reads its signals (score layer, style): the official choices.
+_SIGNAL_SOURCES = {
+    "prumerge": SignalRequest(score_layer=-1, style="prumerge"),
+    "prumerge+": SignalRequest(score_layer=-1, style="prumerge"),
+    "visionzip": SignalRequest(score_layer=-2, style="visionzip"),
+}
+_INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids"}
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """One image or video of a batch: its batch row, modality and visual tokens before / after."""
+
+    row: int
+    modality: str
+    tokens_before: int
+    tokens_after: int
+
+
+@dataclass
+class Prepared:
+    """The kwargs for the stock ``forward`` / ``generate`` and the per-item statistics."""
+
+    kwargs: dict[str, Any]
+    stats: list[ItemStats]
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_frames(x: Tensor, frames: int, what: str) -> Tensor:
+    n = x.shape[0]
+    if n % frames:
+        raise ValueError(f"{what}: {n} tokens do not split into {frames} equal frames")
+    return x.reshape(frames, n // frames, *x.shape[1:])
+
+
+def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool) -> tuple[Tensor, Tensor]:
+    """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
+    for each, the position within the item's placeholder run whose M-RoPE position it takes (its anchor)."""
+    info = get_method(method)
+    n = item.num_tokens
+    dev = item.tokens.device
+    free = torch.arange(n, device=dev) if item.protected is None else (~item.protected).nonzero().flatten()
+    base = item.pre if use_pre else item.tokens
+    if use_pre and base is None:
+        raise RuntimeError(f"{type(adapter).__name__} gave no pre-projector features for {method}")
+    frames = item.frames
+    feats = _split_frames(base[free], frames, "features")
+    n_f = feats.shape[1]
+    signals: dict[str, Any] = {}
+    for name in ("cls_attn", "keys"):
+        if name in item.signals:
+            signals[name] = _split_frames(item.signals[name][free], frames, name)
+    if "cls_feature" in item.signals:
+        cls = item.signals["cls_feature"]
+        signals["cls_feature"] = cls.reshape(frames, -1)
+    if item.grid is not None and item.grid[0] * item.grid[1] == n_f:
+        signals["grid"] = item.grid
+    given = {k: v for k, v in signals.items() if k in info.accepts}
+    red = info.function(feats, config=config, **given)
+    out_tokens, out_src = [], []
+    for f in range(frames):
+        kept, anchors = red.item(f)
+        if use_pre:
+            kept = adapter.project(item, kept)
+        pos = torch.where(anchors >= 0, free[(f * n_f + anchors).clamp(min=0)], -1)
+        out_tokens.append(kept.to(item.tokens.dtype))
+        out_src.append(pos)
+    tokens, src = torch.cat(out_tokens), torch.cat(out_src)
+    if item.protected is not None and bool(item.protected.any()):
+        # newline tokens keep their place: merge kept tokens (at their anchor) and protected ones by position
+        prot = item.protected.nonzero().flatten()
+        key = torch.cat([src.float(), prot.float()])
+        key = torch.where(key < 0, torch.zeros_like(key) - 0.5, key)  # [CLS]-like tokens go first
+        order = torch.sort(key, stable=True).indices
+        tokens = torch.cat([tokens, item.tokens[prot]])[order]
+        src = torch.cat([src, prot])[order]
+    return tokens, torch.where(src >= 0, src, torch.zeros_like(src))
+
+
+def _container(tokens: list[Tensor], kind: str) -> Any:
+    if kind == "list":
+        return list(tokens)
+    if kind == "flat":
+        return torch.cat(tokens)[:, None, :] if tokens else None
+    if kind == "list_flat":
+        return [t[:, None, :] for t in tokens]
+    raise ValueError(f"unknown container {kind!r}")
+
+
+def _rebuild(
+    inputs: Mapping[str, Any],
+    placeholder: dict[str, int],
+    reduced: dict[str, list[tuple[Tensor, Tensor]]],
+    counts: dict[str, list[int]],
+    pos3d: Tensor | None,
+) -> tuple[dict[str, Any], list[int]]:
+    """Shrink each item's placeholder run to its kept count and re-pad the batch. Returns the new per-position
+    inputs and, per item (modality order, then placeholder order), its batch row."""
+    ids: Tensor = inputs["input_ids"]
+    b, length = ids.shape
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    flat_ids = ids.flatten()
+    keep = (mask.flatten() != 0).clone()
+    source = torch.arange(b * length, device=ids.device)  # whose 3-D position each kept position takes
+    rows: list[int] = []
+    for modality, token_id in placeholder.items():
+        where = (flat_ids == token_id).nonzero().flatten()
+        items = reduced.get(modality, [])
+        want = sum(counts.get(modality, []))
+        if want != where.numel():
+            raise ValueError(
+                f"input_ids hold {where.numel()} {modality} placeholder tokens but the {modality}s give {want} "
+                f"visual tokens; pass the processor's outputs unchanged"
+            )
+        keep[where] = False
+        start = 0
+        for (tokens, src), n in zip(items, counts[modality]):
+            run = where[start : start + n]
+            start += n
+            row = int(run[0]) // length
+            if int(run[-1]) // length != row:
+                raise ValueError(f"a {modality}'s placeholder tokens span two batch rows")
+            rows.append(row)
+            m = tokens.shape[0]
+            keep[run[:m]] = True
+            source[run[:m]] = run[src]
+    keep = keep.view(b, length)
+    new_len = keep.sum(1)
+    width = int(new_len.max()) if b else 0
+    right_padded = bool((mask[:, 0] != 0).all()) and bool((mask[:, -1] == 0).any())
+    slot = torch.arange(width, device=ids.device)[None, :]
+    valid = slot >= (width - new_len)[:, None] if not right_padded else slot < new_len[:, None]
+    order = torch.sort((~keep).long(), dim=1, stable=True).indices[:, :width]  # kept positions, in order
+    if not right_padded:  # left padding: shift each row's kept positions to the right end
+        shift = (slot - (width - new_len)[:, None]).clamp(min=0)
+        order = order.gather(1, shift)
+    gather = order + torch.arange(b, device=ids.device)[:, None] * length
+    pad_id = 0
+    out: dict[str, Any] = {
+        "input_ids": torch.where(valid, flat_ids[gather], torch.full_like(gather, pad_id)),
+        "attention_mask": valid.to(mask.dtype),
+    }
+    if inputs.get("mm_token_type_ids") is not None:
+        tt = inputs["mm_token_type_ids"].flatten()
+        out["mm_token_type_ids"] = torch.where(valid, tt[gather], torch.zeros_like(tt[gather]))
+    if pos3d is not None:
+        src = source[gather]
+        flat3d = pos3d.reshape(3, b * length)
+        vis = torch.where(valid[None], flat3d[:, src], torch.ones_like(flat3d[:, src]))
+        text = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
+        out["position_ids"] = torch.cat([text[None], vis], 0)
+    return out, rows
+
+
+def prepare(model: nn.Module, inputs: Mapping[str, Any], method: str = "none", **options: Any) -> Prepared:
+    """Encode, reduce and rebuild: the kwargs to pass to the stock ``model(...)`` / ``model.generate(...)``.
+
+    ``inputs`` are the processor's outputs (``input_ids``, ``attention_mask``, ``pixel_values``, …); ``options``
+    are the method's config fields (``keep=``, ``ratio=``, ``mode=``, …). Keys this does not know are passed
+    through unchanged.
+    """
+    adapter = adapter_for(model)
+    config = make_config(method, **options)
+    return _prepare(adapter, inputs, method, config, options)
+
+
+def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: Any, options: dict) -> Prepared:
+    adapter.check_inputs(inputs)
+    if inputs.get("position_ids") is not None:
+        raise ValueError("position_ids are rebuilt by slimvlm for the reduced sequence; do not pass them")
+    info = get_method(method)
+    needs_tower = any(s in info.needs for s in ("cls_attn", "keys"))
+    request = _SIGNAL_SOURCES.get(method) if needs_tower else None
+    if needs_tower and not adapter.has_cls and request is None:
+        raise ValueError(f"{method} needs [CLS] attention, which {type(adapter.model).__name__} does not provide")
+    use_pre = info.stage == "pre_projector"
+    with torch.no_grad():
+        items = adapter.encode(inputs, need_pre=use_pre, signals=request)
+        use_pre = use_pre and all(it.pre is not None for it in items)
+        reduced: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        counts: dict[str, list[int]] = {}
+        for item in items:
+            reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre))
+            counts.setdefault(item.modality, []).append(item.num_tokens)
+        pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
+    placeholder = {m: t for m, t in adapter.placeholder_ids().items() if m in reduced}
+    per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d)
+    kwargs = {k: v for k, v in inputs.items() if k not in _INPUT_KEYS and k not in adapter.encoder_keys}
+    kwargs.update(per_position)
+    if reduced:
+        kwargs["mm_encoder_outputs"] = {
+            modality: BaseModelOutputWithPooling(pooler_output=_container([t for t, _ in pairs], adapter.containers[modality]))
+            for modality, pairs in reduced.items()
+        }
+    stats = []
+    modalities = [m for m in placeholder]
+    i = 0
+    for modality in modalities:
+        for (tokens, _), n in zip(reduced[modality], counts[modality]):
+            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0]))
+            i += 1
+    return Prepared(kwargs, stats, method, dict(options))
+
+
+class SlimVLM:
+    """A stock VLM with a token-reduction method in front of its language model.
+
+    ``generate(**processor_outputs, **generation_kwargs)`` and ``__call__`` behave like the stock model's;
+    ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after.
+    Every other attribute is the wrapped model's.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "none", **options: Any):
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.method = method
+        self.options = dict(options)
+        self.config_ = make_config(method, **options)  # validate now, not at the first call
+        self.last_stats: list[ItemStats] = []
+
+    def _input_keys(self) -> set[str]:
+        return _INPUT_KEYS | set(self.adapter.encoder_keys)
+
+    def prepare(self, **inputs: Any) -> dict[str, Any]:
+        """The kwargs the stock model gets for these processor outputs."""
+        prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options)
+        self.last_stats = prepared.stats
+        return prepared.kwargs
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        keys = self._input_keys() | {"batch_num_images", "vision_feature_layer", "vision_feature_select_strategy"}
+        inputs = {k: v for k, v in kwargs.items() if k in keys}
+        rest = {k: v for k, v in kwargs.items() if k not in keys}
+        return inputs, rest
+
+    def __call__(self, **kwargs: Any) -> Any:
+        inputs, rest = self._split(kwargs)
+        return self.model(**self.prepare(**inputs), **rest)
+
+    def generate(self, **kwargs: Any) -> Any:
+        inputs, rest = self._split(kwargs)
+        return self.model.generate(**self.prepare(**inputs), **rest)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not yet set (during unpickling)
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"SlimVLM({type(self.model).__name__}, method={self.method!r}{', ' + opts if opts else ''})"
+
+
+def apply(model: nn.Module, method: str = "none", **options: Any) -> SlimVLM:
+    """Wrap ``model`` (a stock transformers 5 VLM) so that ``generate`` / ``__call__`` reduce its visual tokens
+    with ``method`` (a name from ``slimvlm.methods.available()``) and ``options`` (its config fields)."""
+    return SlimVLM(model, method, **options)
