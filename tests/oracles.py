@@ -1,8 +1,8 @@
 """Literal, slow transcriptions of the published PruMerge / PruMerge+ rules (algorithms.md §1.3–1.8), written
 as the official code is: numpy percentiles, Python lists, one loop per image and per kept token.
 
-They are the oracles of tests/test_prumerge.py and the "literal loop" of benchmarks/reducers.py. They share no
-code with slimvlm.methods.
+They are the oracles of tests/test_prumerge.py (benchmarks/reducers.py times its own transcription with the
+official loop structure). They share no code with slimvlm.methods.
 """
 
 from __future__ import annotations
