@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .methods import get as get_method
 from .methods import make_config
 from .models import adapter_for
-from .models.base import Adapter, SignalRequest, VisualItem
+from .models.base import Adapter, SignalRequest, VisualItem, no_signal_message
 
 __all__ = ["apply", "prepare", "SlimVLM", "ItemStats", "Prepared"]
 
@@ -115,6 +115,27 @@ def _container(tokens: list[Tensor], kind: str) -> Any:
     raise ValueError(f"unknown container {kind!r}")
 
 
+def _signal_request(adapter: Adapter, method: str) -> SignalRequest | None:
+    """Which tower signals ``method`` needs from this adapter (None: none); refuses impossible combinations."""
+    info = get_method(method)
+    if not any(s in info.needs for s in ("cls_attn", "keys")):
+        return None
+    if not adapter.attention_signals:
+        raise ValueError(f"{method}: " + no_signal_message(adapter))
+    return _SIGNAL_SOURCES[method]
+
+
+def _check_counts(input_ids: Tensor, placeholder: dict[str, int], counts: dict[str, list[int]]) -> None:
+    """Every modality's placeholder tokens must equal the visual tokens its items give (as the stock model checks)."""
+    for modality, token_id in placeholder.items():
+        have, want = int((input_ids == token_id).sum()), sum(counts[modality])
+        if have != want:
+            raise ValueError(
+                f"input_ids hold {have} {modality} placeholder tokens but the {modality}s give {want} visual tokens; "
+                "pass the processor's outputs unchanged"
+            )
+
+
 def _rebuild(
     inputs: Mapping[str, Any],
     placeholder: dict[str, int],
@@ -135,12 +156,6 @@ def _rebuild(
     for modality, token_id in placeholder.items():
         where = (flat_ids == token_id).nonzero().flatten()
         items = reduced.get(modality, [])
-        want = sum(counts.get(modality, []))
-        if want != where.numel():
-            raise ValueError(
-                f"input_ids hold {where.numel()} {modality} placeholder tokens but the {modality}s give {want} "
-                f"visual tokens; pass the processor's outputs unchanged"
-            )
         keep[where] = False
         start = 0
         for (tokens, src), n in zip(items, counts[modality]):
@@ -190,6 +205,7 @@ def prepare(model: nn.Module, inputs: Mapping[str, Any], method: str = "none", *
     """
     adapter = adapter_for(model)
     config = make_config(method, **options)
+    _signal_request(adapter, method)
     return _prepare(adapter, inputs, method, config, options)
 
 
@@ -198,21 +214,18 @@ def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: A
     if inputs.get("position_ids") is not None:
         raise ValueError("position_ids are rebuilt by slimvlm for the reduced sequence; do not pass them")
     info = get_method(method)
-    needs_tower = any(s in info.needs for s in ("cls_attn", "keys"))
-    request = _SIGNAL_SOURCES.get(method) if needs_tower else None
-    if needs_tower and not adapter.has_cls and request is None:
-        raise ValueError(f"{method} needs [CLS] attention, which {type(adapter.model).__name__} does not provide")
+    request = _signal_request(adapter, method)
     use_pre = info.stage == "pre_projector"
     with torch.no_grad():
         items = adapter.encode(inputs, need_pre=use_pre, signals=request)
         use_pre = use_pre and all(it.pre is not None for it in items)
+        placeholder = adapter.placeholder_ids()
+        counts: dict[str, list[int]] = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
+        _check_counts(inputs["input_ids"], placeholder, counts)  # before anything reads positions
         reduced: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        counts: dict[str, list[int]] = {}
         for item in items:
             reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre))
-            counts.setdefault(item.modality, []).append(item.num_tokens)
         pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
-    placeholder = {m: t for m, t in adapter.placeholder_ids().items() if m in reduced}
     per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d)
     kwargs = {k: v for k, v in inputs.items() if k not in _INPUT_KEYS and k not in adapter.encoder_keys}
     kwargs.update(per_position)
@@ -222,10 +235,9 @@ def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: A
             for modality, pairs in reduced.items()
         }
     stats = []
-    modalities = [m for m in placeholder]
     i = 0
-    for modality in modalities:
-        for (tokens, _), n in zip(reduced[modality], counts[modality]):
+    for modality in placeholder:
+        for (tokens, _), n in zip(reduced.get(modality, []), counts[modality]):
             stats.append(ItemStats(rows[i], modality, n, tokens.shape[0]))
             i += 1
     return Prepared(kwargs, stats, method, dict(options))
@@ -245,6 +257,7 @@ class SlimVLM:
         self.method = method
         self.options = dict(options)
         self.config_ = make_config(method, **options)  # validate now, not at the first call
+        _signal_request(self.adapter, method)
         self.last_stats: list[ItemStats] = []
 
     def _input_keys(self) -> set[str]:

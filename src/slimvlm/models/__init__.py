@@ -6,9 +6,20 @@ from torch import nn
 
 from .base import Adapter, SignalRequest, VisualItem
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .llava_next_video import LlavaNextVideoAdapter
+from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    VideoLlavaAdapter,
+    LlavaNextVideoAdapter,
+    Qwen2VLAdapter,
+)
 
 
 def supported_models() -> list[str]:

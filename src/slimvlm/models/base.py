@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..signals import VisionSignals, capture_signals
 
-__all__ = ["VisualItem", "Adapter", "SignalRequest", "Container"]
+__all__ = ["VisualItem", "Adapter", "SignalRequest", "Container", "no_signal_message"]
 
 #: How the stock forward consumes ``mm_encoder_outputs[modality].pooler_output``:
 #: ``"list"``: a list of ``(m_i, D)`` (``torch.cat(..., 0)``); ``"flat"``: a tensor it ``.flatten(0, 1)``s,
@@ -78,8 +78,11 @@ class Adapter:
     positions: ClassVar[str] = "1d"
     #: input keys that only carry pixels / layout for the encoder; dropped once features are injected.
     encoder_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "image_sizes")
-    #: whether the vision tower gives a [CLS] token (for methods that need [CLS] attention).
+    #: whether the vision tower gives a [CLS] token.
     has_cls: ClassVar[bool] = True
+    #: whether the adapter can give per-token attention signals (``cls_attn`` / ``keys``): from [CLS], or a
+    #: pseudo-[CLS] for towers without one. Methods that need them are refused up front when it cannot.
+    attention_signals: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -121,6 +124,14 @@ class Adapter:
         return capture_signals(
             tower, pixel_values, feature_layer=feature_layer, score_layer=signals.score_layer if signals else -1
         )
+
+
+def no_signal_message(adapter: Adapter) -> str:
+    """The error for a method that needs attention signals on a tower that gives none."""
+    return (
+        f"{type(adapter.model).__name__}'s vision tower has no [CLS] token and slimvlm has no attention signal for it "
+        "yet; use a method that needs none (tome, aim-merge, spatial, pool, random, sequential)"
+    )
 
 
 def per_token_signals(sig: VisionSignals, style: str, b: int) -> dict[str, Any]:

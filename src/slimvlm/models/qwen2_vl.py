@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .base import Adapter, SignalRequest, VisualItem
+from .base import Adapter, SignalRequest, VisualItem, no_signal_message
 
 
 class Qwen2VLAdapter(Adapter):
@@ -23,6 +23,7 @@ class Qwen2VLAdapter(Adapter):
     positions = "mrope"
     encoder_keys = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
     has_cls = False
+    attention_signals = False
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         super().check_inputs(inputs)
@@ -39,10 +40,7 @@ class Qwen2VLAdapter(Adapter):
 
     def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
         if signals is not None:
-            raise ValueError(
-                f"{type(self.model).__name__}'s vision tower has no [CLS] token and slimvlm has no attention signal for "
-                "it yet; use a method that needs none (tome, aim-merge, spatial, pool, random, sequential)"
-            )
+            raise ValueError(no_signal_message(self))
         merge = self.config.vision_config.spatial_merge_size
         items: list[VisualItem] = []
         for modality, pix, grid_key, fn in (
