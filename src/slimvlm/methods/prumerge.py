@@ -310,6 +310,8 @@ def token_supplement(
     The candidate list of each centre is ``[other centres (by slot), pruned tokens]`` as in the official loop;
     its ``k_neighbors`` most similar candidates (cosine of L2-normalised keys; ties: earlier candidate first)
     are added with weight ``weights[j]`` (centre weight 1), or averaged convexly when ``normalize``.
+    Each merged row has only k + 1 terms, so it is summed as a weighted bag of feature rows (no dense
+    centre × token weight matrix).
     """
     b, n, c = features.shape
     dev = features.device
@@ -323,42 +325,21 @@ def token_supplement(
 
     kn = F.normalize(keys.float(), dim=-1)
     rows_b = torch.arange(b, device=dev)[:, None]
-    # similarities of every centre to every token, then read in candidate-slot order (duplicates included)
+    # similarities of every centre to every token, then read in candidate-slot order (duplicates included);
+    # computed exactly this way so that near-ties resolve as before
     sim = (kn[rows_b, centres] @ kn.transpose(1, 2)).gather(2, cand[:, None, :].expand(-1, m, -1))
-    sim = sim.masked_fill(~cand_valid[:, None, :], -math.inf)
-    eye = slot[None, :m, None] == slot[None, None, :]
-    sim = sim.masked_fill(eye, -math.inf)
+    sim.masked_fill_(~cand_valid[:, None, :], -math.inf)
+    sim.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # a centre is not its own candidate
     n_cand = int(cand_valid.sum(1).min()) if b else 0
     kk = max(0, min(k_neighbors, n_cand - 1))
-    nbr = _top_candidates(sim, kk, centre_valid)  # (B, M, kk)
+    nbr = _top_candidates(sim, kk, centre_valid)  # (B, M, kk) candidate slots
 
     w_cand = weights.float().gather(1, cand) * cand_valid  # (B, M+P)
-    mix = torch.zeros(b, m, m + p, device=dev)
-    mix.scatter_(2, nbr, w_cand[:, None, :].expand(-1, m, -1).gather(2, nbr))
-    centre_self = eye.expand(b, -1, -1)
-    if normalize:
-        mix = mix + centre_self * w_cand[:, None, :]
-        mix = mix / mix.sum(-1, keepdim=True).clamp_min(torch.finfo(mix.dtype).tiny)
-    else:
-        mix = mix + centre_self.float()
-    mix = mix * centre_valid[..., None]
+    xf = features.float()
+    merged = _merge_neighbours(xf, cand, w_cand, nbr, centre_valid, normalize)  # (B, M, C), padding rows 0
 
     has_pruned = pruned_len > 0
     add_extra = extra_token and (extra_when_nothing_pruned or bool(has_pruned.any()))
-    rows = [mix]
-    if add_extra:
-        extra = torch.zeros(b, 1, m + p, device=dev)
-        extra[:, 0, m:] = w_cand[:, m:]
-        if normalize:
-            s = extra.sum(-1, keepdim=True)
-            uniform = cand_valid[:, None, :].float() * (slot[None, None, :] >= m)
-            uniform = uniform / uniform.sum(-1, keepdim=True).clamp_min(1)
-            extra = torch.where(s > 0, extra / s.clamp_min(torch.finfo(s.dtype).tiny), uniform)
-        rows.append(extra)
-    mix_slots = torch.cat(rows, dim=1)  # weights over candidate slots -> weights over tokens
-    mix_tokens = torch.zeros(b, mix_slots.shape[1], n, device=dev)
-    mix_tokens.scatter_add_(2, cand[:, None, :].expand_as(mix_slots), mix_slots)
-    out = (mix_tokens @ features.float()).to(features.dtype)  # (B, M(+1), C)
 
     # Lay out: centres in slots [0, len), the extra token right after them; padding zeroed.
     extra_here = add_extra & (has_pruned | extra_when_nothing_pruned)
@@ -366,12 +347,13 @@ def token_supplement(
     width = m + int(add_extra)
     features_out = torch.zeros(b, width, c, dtype=features.dtype, device=dev)
     anchors = torch.full((b, width), -1, dtype=torch.long, device=dev)
-    features_out[:, :m] = out[:, :m] * centre_valid[..., None]
+    features_out[:, :m] = merged
     anchors[:, :m] = torch.where(centre_valid, centres, -1)
     if add_extra:
         with_x = torch.nonzero(extra_here).flatten()
         at = centre_len[with_x]
-        features_out[with_x, at] = out[with_x, m]
+        extra = _pruned_summary(xf, pruned, w_cand[:, m:], cand_valid[:, m:], normalize)  # (B, C)
+        features_out[with_x, at] = extra[with_x].to(features.dtype)
         w_pruned = torch.where(cand_valid[:, m:], w_cand[:, m:], -1.0)
         top = pruned.gather(1, w_pruned.argmax(1, keepdim=True)).squeeze(1) if p else torch.zeros_like(centre_len)
         anchors[with_x, at] = torch.where(has_pruned[with_x], top[with_x], -1)
@@ -379,18 +361,72 @@ def token_supplement(
     # Assignment: kept tokens -> own slot; pruned -> the most similar centre that took it, else the extra slot.
     assignment = torch.full((b, n), -1, dtype=torch.long, device=dev)
     if p:
-        took = torch.full((b, max(m, 1), m + p), -math.inf, device=dev)  # a dummy row when nothing is kept
-        if m:
-            took[:, :m].scatter_(2, nbr, sim.gather(2, nbr))
-            took[:, :m] = took[:, :m].masked_fill(~centre_valid[..., None], -math.inf)
-        best, best_slot = took[:, :, m:].max(1)  # (B, P)
-        fallback = centre_len[:, None].expand(-1, p) if add_extra else torch.full_like(best_slot, -1)
-        target = torch.where(best > -math.inf, best_slot, fallback)
-        target = torch.where(cand_valid[:, m:], target, torch.full_like(target, -1))
+        taker = _best_taker(sim, nbr, centre_valid, p)  # (B, P) centre slot, -1 if no centre took it
+        fallback = centre_len[:, None].expand(-1, p) if add_extra else torch.full_like(taker, -1)
+        target = torch.where(taker >= 0, taker, fallback)
         assignment = _scatter_valid(assignment, pruned, target, cand_valid[:, m:])
     slots = torch.arange(m, device=dev).expand(b, m)
     assignment = _scatter_valid(assignment, centres.flip(1), slots.flip(1), centre_valid.flip(1))
     return Reduction(features_out, anchors, lengths, assignment, method)
+
+
+def _merge_neighbours(
+    x: Tensor, cand: Tensor, w_cand: Tensor, nbr: Tensor, centre_valid: Tensor, normalize: bool
+) -> Tensor:
+    """Merged centre rows ``w_i x_i + Σ_{j∈N(i)} a_j x_j`` (B, M, C) from float32 features ``x`` (B, N, C).
+
+    ``w_i = 1`` (official); with ``normalize`` the centre weighs ``a_i`` and the k + 1 weights are divided by
+    their sum (a convex combination). Each row is one weighted bag of k + 1 rows of the flattened features,
+    summed by ``embedding_bag``; padding centres get zero weights, hence zero rows.
+    """
+    b, n, c = x.shape
+    m, kk = nbr.shape[1], nbr.shape[2]
+    if b * m == 0:
+        return x.new_zeros(b, m, c)
+    own = torch.arange(m, device=x.device).expand(b, m)[..., None]
+    bag = torch.cat([own, nbr], dim=2).flatten(1)  # (B, M·(1+kk)) candidate slots, the centre itself first
+    w = w_cand.gather(1, bag).view(b, m, kk + 1)
+    if normalize:
+        w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    else:
+        w[..., 0] = 1.0
+    w = w * centre_valid[..., None]
+    rows = cand.gather(1, bag).view(b, m, kk + 1) + n * torch.arange(b, device=x.device)[:, None, None]
+    flat = F.embedding_bag(
+        rows.view(b * m, kk + 1), x.reshape(b * n, c), per_sample_weights=w.view(b * m, kk + 1), mode="sum"
+    )
+    return flat.view(b, m, c)
+
+
+def _pruned_summary(x: Tensor, pruned: Tensor, w_pruned: Tensor, valid: Tensor, normalize: bool) -> Tensor:
+    """The extra token ``Σ_{j pruned} a_j x_j`` per item (B, C); with ``normalize`` the weights are divided by
+    their sum (uniform if that is 0). ``w_pruned`` is already 0 on padding."""
+    b, n, _ = x.shape
+    if normalize:
+        s = w_pruned.sum(-1, keepdim=True)
+        uniform = valid.float() / valid.sum(-1, keepdim=True).clamp_min(1)
+        w_pruned = torch.where(s > 0, w_pruned / s.clamp_min(torch.finfo(s.dtype).tiny), uniform)
+    w_tok = torch.zeros(b, n + 1, device=x.device)  # per-token weights; padding goes to the dump column n
+    w_tok.scatter_add_(1, torch.where(valid, pruned, n), w_pruned)
+    return (w_tok[:, None, :n] @ x).squeeze(1)
+
+
+def _best_taker(sim: Tensor, nbr: Tensor, centre_valid: Tensor, p: int) -> Tensor:
+    """For each pruned candidate (slot ``M + j``), the centre slot that took it as a neighbour with the highest
+    similarity, ties to the lowest centre slot; -1 if no valid centre took it. Returns (B, P).
+
+    Two scatter passes over the (centre, neighbour) pairs: the best similarity per pruned column (amax), then
+    the lowest centre slot among the pairs that reach it (amin).
+    """
+    b, m, kk = nbr.shape
+    s = sim.gather(2, nbr).masked_fill_(~centre_valid[..., None], -math.inf).flatten(1)  # (B, M·kk)
+    col = torch.where(nbr >= m, nbr - m, p).flatten(1)  # pruned column; centre neighbours go to the dump column p
+    best = torch.full((b, p + 1), -math.inf, device=sim.device).scatter_reduce_(1, col, s, reduce="amax")
+    hit = (s == best.gather(1, col)) & (s > -math.inf)
+    centre_slot = torch.arange(m, device=sim.device).repeat_interleave(kk).expand(b, -1)
+    lowest = torch.full((b, p + 1), m, dtype=torch.long, device=sim.device)
+    lowest.scatter_reduce_(1, torch.where(hit, col, p), centre_slot, reduce="amin")
+    return torch.where(best[:, :p] > -math.inf, lowest[:, :p], -1)
 
 
 def _top_candidates(sim: Tensor, kk: int, row_valid: Tensor) -> Tensor:
