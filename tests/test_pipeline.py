@@ -679,3 +679,15 @@ def test_mismatched_placeholder_count_is_refused(fam, modality, bsz):
             slim(**bad)
         with pytest.raises(ValueError, match="placeholder"):
             prepare(model, bad, method, **opts)
+
+
+def test_last_stats_name_the_method_and_budget():
+    model = model_of("llava")
+    inputs = make_inputs(model, "llava", "image", 2)
+    slim = apply(model, "spatial", keep=9)
+    with torch.no_grad():
+        slim(**inputs)
+    assert [(s.method, dict(s.options), s.tokens_after) for s in slim.last_stats] == [("spatial", {"keep": 9}, 9)] * len(
+        slim.last_stats
+    )
+    assert len(slim.last_stats) >= 2

@@ -36,12 +36,15 @@ _INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids
 
 @dataclass(frozen=True)
 class ItemStats:
-    """One image or video of a batch: its batch row, modality and visual tokens before / after."""
+    """One image or video of a batch: its batch row, modality, visual tokens before / after, and the method and
+    options (budget) that reduced it."""
 
     row: int
     modality: str
     tokens_before: int
     tokens_after: int
+    method: str = "none"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,7 +241,7 @@ def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: A
     i = 0
     for modality in placeholder:
         for (tokens, _), n in zip(reduced.get(modality, []), counts[modality]):
-            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0]))
+            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0], method, dict(options)))
             i += 1
     return Prepared(kwargs, stats, method, dict(options))
 
