@@ -287,14 +287,29 @@ def test_every_method_forward_and_generate(fam, modality, method, opts):
 
 @pytest.mark.parametrize("method", CLS_METHODS)
 @pytest.mark.parametrize("fam,modality", [c for c in CASES if c[0] in QWEN], ids=lambda x: str(x))
-def test_cls_methods_refused_on_qwen(fam, modality, method):
+def test_cls_methods_run_on_qwen_with_its_pseudo_cls(fam, modality, method):
+    # Qwen's tower has no [CLS]; its adapter gives the pseudo-[CLS] "attention received" (tests/test_qwen_signals.py)
     model = model_of(fam)
     inputs = make_inputs(model, fam, modality, 1)
-    for opts in (budget(fam), {}):
-        with pytest.raises(ValueError, match=r"\[CLS\]"):  # refused up front, before any call
-            apply(model, method, **opts)
-        with pytest.raises(ValueError, match=r"\[CLS\]"):
-            prepare(model, inputs, method, **opts)
+    slim = apply(model, method, **budget(fam))
+    with torch.no_grad():
+        logits = slim(**inputs).logits
+    assert torch.isfinite(logits).all()
+    assert all(s.tokens_after < s.tokens_before for s in slim.last_stats)
+
+
+def test_methods_needing_signals_are_refused_up_front_without_them():
+    from slimvlm.models.qwen2_vl import Qwen2VLAdapter
+    from slimvlm.pipeline import _signal_request
+
+    class NoSignals(Qwen2VLAdapter):
+        attention_signals = False
+
+    adapter = NoSignals(model_of("qwen2-vl"))
+    for method in CLS_METHODS:
+        with pytest.raises(ValueError, match=r"no \[CLS\] token"):
+            _signal_request(adapter, method)
+    assert _signal_request(adapter, "spatial") is None
 
 
 # ============================================================================================ 3. batch == alone
