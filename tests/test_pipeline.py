@@ -35,15 +35,6 @@ CLS_METHODS = ("prumerge", "prumerge+", "visionzip")
 SELECTION = ("spatial", "random", "sequential")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: thread start-up and contention cost far more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 _MODELS: dict[tuple[str, str], nn.Module] = {}
 
 

@@ -44,14 +44,6 @@ KEEP = {"keep": 8}
 GEN = dict(max_new_tokens=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 _MODELS: dict[str, nn.Module] = {}
 
 

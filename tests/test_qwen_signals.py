@@ -33,14 +33,6 @@ PROMPTS = ("Describe the image in detail.", "What?")
 MIXED = [(48, 32), (24, 40), (16, 24)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 _MODELS: dict[tuple, nn.Module] = {}
 
 

@@ -31,15 +31,6 @@ EXPECTED_DEFAULT = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: thread start-up and contention cost far more than they save (0.5 s vs 10 ms per forward).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
