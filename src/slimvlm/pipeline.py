@@ -250,7 +250,8 @@ class SlimVLM:
     """A stock VLM with a token-reduction method in front of its language model.
 
     ``generate(**processor_outputs, **generation_kwargs)`` and ``__call__`` behave like the stock model's;
-    ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after.
+    ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after;
+    ``last_prompt_length`` is the reduced prompt length (new tokens in ``generate``'s output start there).
     Every other attribute is the wrapped model's.
     """
 
@@ -262,6 +263,8 @@ class SlimVLM:
         self.config_ = make_config(method, **options)  # validate now, not at the first call
         _signal_request(self.adapter, method)
         self.last_stats: list[ItemStats] = []
+        #: length of the (reduced, padded) prompt of the last call: ``generate``'s output continues after it.
+        self.last_prompt_length: int = 0
 
     def _input_keys(self) -> set[str]:
         return _INPUT_KEYS | set(self.adapter.encoder_keys)
@@ -270,6 +273,7 @@ class SlimVLM:
         """The kwargs the stock model gets for these processor outputs."""
         prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options)
         self.last_stats = prepared.stats
+        self.last_prompt_length = int(prepared.kwargs["input_ids"].shape[1])
         return prepared.kwargs
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,256 @@
+"""The ``slimvlm`` command line: list methods, run a model with a method, draw kept tokens, count costs, time.
+
+Every subcommand has ``--help``. Errors say what to do and exit with status 2 (usage) or 1 (failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _parse_value(text: str) -> Any:
+    """``3`` → int, ``0.5`` → float, ``true``/``false`` → bool, ``6x6`` → (6, 6), ``none`` → None, else str."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    if "x" in low and all(p.isdigit() for p in low.split("x")) and low.count("x") == 1:
+        a, b = low.split("x")
+        return int(a), int(b)
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's options from ``--keep``, ``--ratio``, ``--mode`` and repeated ``--option key=value``."""
+    opts: dict[str, Any] = {}
+    for item in getattr(args, "option", None) or []:
+        if "=" not in item:
+            raise CLIError(f"--option expects key=value (e.g. --option k_neighbors=16), got {item!r}")
+        key, value = item.split("=", 1)
+        opts[key.strip()] = _parse_value(value.strip())
+    for name in ("keep", "ratio", "mode"):
+        value = getattr(args, name, None)
+        if value is not None:
+            opts[name] = value
+    return opts
+
+
+def _check_method(name: str, options: dict[str, Any]) -> None:
+    from .methods import available, make_config
+
+    if name not in available():
+        raise CLIError(f"unknown method {name!r}; run `slimvlm methods` to list them ({', '.join(available())})")
+    try:
+        make_config(name, **options)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"bad options for {name}: {err}") from None
+
+
+def _existing_file(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"no such file: {path}")
+    return p
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(_existing_file(path)).convert("RGB")
+    except UnidentifiedImageError:
+        raise CLIError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from None
+
+
+# ----------------------------------------------------------------------------------------------- methods
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import available, get
+
+    rows = []
+    for name in available():
+        info = get(name)
+        rows.append(
+            {
+                "name": name,
+                "stage": info.stage,
+                "needs": list(info.needs),
+                "adaptive": info.adaptive,
+                "summary": info.summary,
+                "options": {k: v for k, v in info.defaults().items()},
+                "reference": info.reference,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['summary']}")
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
+        print(f"{'':<{width}}  options: {opts or '(none)'}; applies {r['stage'].replace('_', '-')}; {r['reference']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def _load_model(spec: str, progress: bool):
+    """``tiny:<family>`` (offline random-weight model) or a local directory / hub id for from_pretrained."""
+    if spec.startswith("tiny:"):
+        from .testing import FAMILIES, tiny_model
+
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise CLIError(f"unknown tiny family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        return tiny_model(family), None, family
+    try:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+    except ImportError as err:  # pragma: no cover
+        raise CLIError(f"transformers is needed to load {spec}: {err}") from None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(spec)
+        processor = AutoProcessor.from_pretrained(spec)
+    except OSError as err:
+        raise CLIError(
+            f"could not load {spec!r}: {err}. Give a local model directory, a hub id with network access, or "
+            "tiny:<family> for an offline random-weight model"
+        ) from None
+    return model.eval(), processor, None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import apply
+
+    options = method_options(args)
+    _check_method(args.method, options)
+    images = [_load_image(p) for p in args.image]
+    model, processor, family = _load_model(args.model, progress=True)
+    if family is not None:
+        from .testing import tiny_inputs, tiny_tokenizer
+
+        inputs = tiny_inputs(model, family, [args.prompt], images_per_prompt=[max(1, len(images))])
+        decode = tiny_tokenizer().decode
+        note = "tiny random-weight model: the image is replaced by random pixels and the answer is meaningless"
+    else:
+        text = args.prompt
+        inputs = processor(images=images or None, text=text, return_tensors="pt")
+        decode = processor.decode
+        note = None
+    results = []
+    for method in ([args.compare] if args.compare else []) + [args.method]:
+        opts = options if method == args.method else {}
+        slim = apply(model, method, **opts)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = slim.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        seconds = time.perf_counter() - start
+        answer = decode(out[0][slim.last_prompt_length :], skip_special_tokens=True).strip()
+        kept = [(s.tokens_before, s.tokens_after) for s in slim.last_stats]
+        results.append({"method": method, "options": opts, "answer": answer, "visual_tokens": kept, "seconds": seconds})
+    if args.json:
+        print(json.dumps({"model": args.model, "note": note, "results": results}, indent=2))
+        return 0
+    if note:
+        print(f"note: {note}")
+    for r in results:
+        before = sum(b for b, _ in r["visual_tokens"])
+        after = sum(a for _, a in r["visual_tokens"])
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        print(f"[{r['method']}{' ' + opts if opts else ''}] visual tokens {before} -> {after}, {r['seconds']:.2f} s")
+        print(f"  answer: {r['answer']!r}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- parser
+
+
+def _add_method_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--method", "-m", default=default, required=default is None,
+                   help="method name (see `slimvlm methods`)")
+    p.add_argument("--keep", type=int, help="keep this many visual tokens (per image / frame)")
+    p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
+    p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                   help="any other method option, e.g. -o k_neighbors=16 -o sample_grid=6x6 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slimvlm",
+        description="Training-free visual-token reduction for transformers VLMs: list methods, run a model with a "
+        "method, draw which tokens survive, count FLOPs and memory, and time it.",
+        epilog="Examples:\n"
+        "  slimvlm methods\n"
+        "  slimvlm run --model llava-hf/llava-1.5-7b-hf --image cat.jpg --prompt 'USER: <image>\\nWhat is it? ASSISTANT:' "
+        "--method prumerge+ --compare none\n"
+        "  slimvlm run --model tiny:llava --image cat.jpg --prompt 'What is it?' --method spatial --keep 16\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("methods", help="list the methods with their options and defaults")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("run", help="answer a prompt about images with a method; print the answer, tokens kept, time",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="MODEL is a local directory or hub id loadable by AutoModelForImageTextToText, or "
+                       "tiny:<family> (llava, llava-next, qwen2-vl, ...) for an offline random-weight model.")
+    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
+    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format (with <image> where needed)")
+    _add_method_args(p)
+    p.add_argument("--compare", metavar="METHOD", help="also run this method first (e.g. none) for comparison")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"slimvlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` etc.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
