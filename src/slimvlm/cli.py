@@ -185,6 +185,92 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- cost
+
+
+def _lm_config(spec: str) -> Any:
+    from .cost import LM_PRESETS
+
+    if spec in LM_PRESETS:
+        return LM_PRESETS[spec]
+    if spec.startswith("tiny:"):
+        from .testing import FAMILIES, tiny_config
+
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise CLIError(f"unknown tiny family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        return tiny_config(family)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{path} is not valid JSON: {err}") from None
+    raise CLIError(
+        f"unknown model {spec!r}: give a preset ({', '.join(LM_PRESETS)}), a config.json / model directory, or tiny:<family>"
+    )
+
+
+def _pair(text: str | None, name: str, cast=int) -> tuple[Any, Any] | None:
+    if text is None:
+        return None
+    parts = text.replace(",", " ").split()
+    if len(parts) != 2:
+        raise CLIError(f"--{name} expects two values like 14,22, got {text!r}")
+    try:
+        return int(parts[0]), cast(parts[1])
+    except ValueError:
+        raise CLIError(f"--{name} expects numbers, got {text!r}") from None
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from .cost import HARDWARE, LMShape, TokenSchedule, estimate_cost
+
+    config = _lm_config(args.model)
+    if isinstance(config, dict) and "text_config" in config:
+        config = config["text_config"]
+    try:
+        layers = LMShape.from_config(config).num_layers
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CLIError(f"{args.model}: not a Llama/Qwen2-shaped language-model config ({err})") from None
+    if args.hardware not in HARDWARE:
+        raise CLIError(f"unknown hardware {args.hardware!r}; choose one of: {', '.join(HARDWARE)}")
+    if args.visual < 0 or args.text < 0 or (args.keep is not None and not 0 < args.keep <= args.visual):
+        raise CLIError("need --text >= 0, --visual >= 0 and 0 < --keep <= --visual")
+    aim, fastv = _pair(args.aim, "aim"), _pair(args.fastv, "fastv", float)
+    kept = args.keep if args.keep is not None else args.visual
+    schedules = {"baseline": TokenSchedule(args.text, args.visual)}
+    if args.keep is not None:
+        schedules[f"keep {kept}"] = TokenSchedule(args.text, kept)
+    try:
+        if aim:
+            schedules[f"keep {kept} + AIM prune l1={aim[0]}, l2={aim[1]}"] = TokenSchedule.aim(args.text, kept, layers, *aim)
+        if fastv:
+            schedules[f"keep {kept} + FastV K={fastv[0]}, R={fastv[1]}"] = TokenSchedule.fastv(args.text, kept, layers, *fastv)
+        reports = {
+            name: estimate_cost(config, sched, n_generate=args.generate, hardware=args.hardware,
+                                weight_dtype=args.dtype, act_dtype="fp16" if args.dtype in ("int8", "int4") else args.dtype)
+            for name, sched in schedules.items()
+        }
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    base = reports["baseline"]
+    if args.json:
+        print(json.dumps({name: r.as_dict() for name, r in reports.items()}, indent=2, default=str))
+        return 0
+    print(f"{args.model}: {args.text} text + {args.visual} visual tokens, {args.hardware}, {args.dtype} weights "
+          "(LLM-Viewer counting; multiply-add = 2 FLOPs)")
+    for name, r in reports.items():
+        print(f"  {name:<45} prefill {r.lm_prefill_flops / 1e12:9.3f} TFLOPs ({r.lm_prefill_flops / base.lm_prefill_flops:6.1%})"
+              f"  {r.prefill_time_s * 1e3:8.2f} ms ({r.prefill_bound}-bound)  KV {r.kv_cache_bytes / 1e9:.3f} GB")
+    if args.verbose:
+        for name, r in reports.items():
+            print(f"\n[{name}]\n{r.summary()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 
 
@@ -228,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cost", help="analytic prefill FLOPs, time (roofline) and KV memory, baseline vs reduced",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  slimvlm cost --model vicuna-7b --visual 576 --text 40 --keep 144\n"
+                       "  slimvlm cost --model qwen2-7b --visual 6272 --text 100 --keep 1568 --aim 14,22")
+    p.add_argument("--model", required=True, help="preset (vicuna-7b, qwen2-7b, ...), config.json / model dir, or tiny:<family>")
+    p.add_argument("--visual", type=int, default=576, help="visual tokens before reduction (default 576)")
+    p.add_argument("--text", type=int, default=40, help="text tokens (default 40)")
+    p.add_argument("--keep", type=int, help="visual tokens entering the LLM after a pre-LLM method")
+    p.add_argument("--aim", metavar="L1,L2", help="add AIM's in-LLM pruning schedule")
+    p.add_argument("--fastv", metavar="K,R", help="add FastV: drop fraction R of visual tokens at layer K")
+    p.add_argument("--hardware", default="A100", help="A100, H100, V100, ... (default A100)")
+    p.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "int4"], help="weight dtype")
+    p.add_argument("--generate", type=int, default=0, help="decode steps to add (default 0)")
+    p.add_argument("--verbose", "-v", action="store_true", help="full report per schedule")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_cost)
     return parser
 
 

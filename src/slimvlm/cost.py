@@ -68,6 +68,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 __all__ = [
     "DTYPE_BYTES",
     "HARDWARE",
+    "LM_PRESETS",
     "Hardware",
     "LMShape",
     "VisionShape",
@@ -150,6 +151,21 @@ HARDWARE: dict[str, Hardware] = {
     # LLM-Viewer's own "nvidia_V100" entry (hardwares/hardware_params.py): FP16 112e12, INT8 62e12, 900e9 B/s.
     # PruMerge's prefill times (88.6 / 15.3 ms, §5.1) are reproduced with it.
     "llm_viewer_V100": Hardware(112e12, 900e9, "LLM-Viewer nvidia_V100", int8_ops=62e12),
+}
+
+
+#: Language-model shapes of common VLM backbones (from their public config.json), for the CLI and quick checks.
+LM_PRESETS: dict[str, dict[str, int]] = {
+    "vicuna-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000),  # LLaVA-1.5-7B
+    "vicuna-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                       num_key_value_heads=40, vocab_size=32000),  # LLaVA-1.5-13B
+    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936),  # LLaVA-OneVision-0.5B
+    "qwen2-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                       num_key_value_heads=2, vocab_size=151936),
+    "qwen2-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064),  # LLaVA-OneVision-7B, Qwen2-VL-7B
 }
 
 
