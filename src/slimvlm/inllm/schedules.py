@@ -1,0 +1,193 @@
+"""Per-layer schedules of how many visual tokens the language model keeps.
+
+A :class:`Schedule` holds, for every decoder layer ``l`` (0-based), ``keep[l]``: the fraction of the ORIGINAL
+visual tokens of a sample that layer ``l`` processes. ``keep[0]`` is 1. Where ``keep`` drops (a "cut" at layer
+``l``), the tokens are chosen from the attention of layer ``l - 1`` (AIM: "the decision made from layer i's
+attention is applied from layer i+1"; FastV: "at layer K rank by the attention of layer K-1"). A sample with
+``n`` visual tokens keeps ``int(n * keep[l])`` of them at layer ``l`` (the official ``int(...)``, floor).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+__all__ = [
+    "Schedule",
+    "aim_retain_rates",
+    "aim_schedule",
+    "fastv_schedule",
+    "pyramiddrop_schedule",
+    "per_layer_schedule",
+    "make_schedule",
+    "AIM_DEFAULTS",
+]
+
+#: AIM (l1, l2) per LLM depth, 1-based layer numbers of the paper's piecewise-linear form (see aim_retain_rates).
+AIM_DEFAULTS: dict[int, tuple[int, int]] = {28: (14, 22), 32: (13, 21)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``keep[l]``: fraction of the original visual tokens processed by decoder layer ``l``."""
+
+    keep: tuple[float, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        keep = tuple(float(f) for f in self.keep)
+        object.__setattr__(self, "keep", keep)
+        if not keep:
+            raise ValueError("a schedule needs at least one layer")
+        for i, f in enumerate(keep):
+            if not (0.0 <= f <= 1.0) or math.isnan(f):
+                raise ValueError(f"keep[{i}] = {f} is not a fraction in [0, 1]")
+        if keep[0] != 1.0:
+            raise ValueError(
+                f"keep[0] must be 1 (layer 0 sees every token; a cut needs the attention of the layer before), got {keep[0]}"
+            )
+        for i in range(1, len(keep)):
+            if keep[i] > keep[i - 1]:
+                raise ValueError(f"keep must not increase: keep[{i}] = {keep[i]} > keep[{i - 1}] = {keep[i - 1]}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keep)
+
+    @property
+    def cut_layers(self) -> tuple[int, ...]:
+        """Layers where the kept fraction drops (tokens are removed before the layer runs)."""
+        return tuple(i for i in range(1, len(self.keep)) if self.keep[i] < self.keep[i - 1])
+
+    @property
+    def score_layers(self) -> tuple[int, ...]:
+        """Layers whose attention decides a cut (``cut - 1``)."""
+        return tuple(i - 1 for i in self.cut_layers)
+
+    def count(self, n_visual: int, layer: int) -> int:
+        """Visual tokens a sample with ``n_visual`` of them keeps at ``layer``: ``int(n_visual * keep[layer])``."""
+        return int(n_visual * self.keep[layer])
+
+    def counts(self, n_visual: int) -> list[int]:
+        return [self.count(n_visual, layer) for layer in range(self.num_layers)]
+
+
+def _check_layers(num_layers: int) -> int:
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    return num_layers
+
+
+def aim_retain_rates(num_layers: int = 28, l1: int | None = None, l2: int | None = None) -> list[float]:
+    """AIM's retain rate decided at each 0-based layer ``i`` (applied from layer ``i + 1``).
+
+    Paper form on 1-based layer numbers ``l = i + 1``: ``r = 1`` for ``l < l1``, ``1 - (l - l1) / (l2 - l1)`` for
+    ``l1 <= l <= l2``, ``0`` for ``l > l2``. Defaults: (14, 22) for 28 layers (Qwen2-7B), which is the released
+    code's ``max(0, 1 - (i - 13) * 0.125)`` (layer 14 → 0.875 … 20 → 0.125, 21+ → 0); (13, 21) for 32 layers
+    (LLaMA-7B: layer 13 → 0.875 … 19 → 0.125, 20+ → 0); other depths scale the 28-layer defaults
+    (``l1 = round(L/2)``, ``l2 = round(22 L / 28)``). Requires ``1 <= l1 < l2 <= num_layers``.
+    """
+    num_layers = _check_layers(num_layers)
+    if l1 is None or l2 is None:
+        d1, d2 = AIM_DEFAULTS.get(num_layers, (round(num_layers / 2), round(22 * num_layers / 28)))
+        l1 = d1 if l1 is None else l1
+        l2 = d2 if l2 is None else l2
+    if not (isinstance(l1, int) and isinstance(l2, int)):
+        raise ValueError(f"l1 and l2 must be ints, got {l1!r}, {l2!r}")
+    if not (1 <= l1 < l2 <= num_layers):
+        raise ValueError(f"AIM needs 1 <= l1 < l2 <= num_layers ({num_layers}), got l1={l1}, l2={l2}")
+    rates = []
+    for i in range(num_layers):
+        layer = i + 1
+        if layer < l1:
+            rates.append(1.0)
+        elif layer <= l2:
+            rates.append(1.0 - (layer - l1) / (l2 - l1))
+        else:
+            rates.append(0.0)
+    return rates
+
+
+def aim_schedule(num_layers: int = 28, l1: int | None = None, l2: int | None = None) -> Schedule:
+    """AIM's progressive pruning: layer ``l`` processes ``aim_retain_rates(...)[l - 1]`` of the visual tokens."""
+    rates = aim_retain_rates(num_layers, l1, l2)
+    return Schedule((1.0, *rates[:-1]), name="aim")
+
+
+def fastv_schedule(num_layers: int, k: int = 2, ratio: float = 0.5) -> Schedule:
+    """FastV ``(K, R)``: layers ``>= K`` keep ``1 - R`` of the visual tokens, ranked by the last token's
+    attention in layer ``K - 1`` (paper default K=2, R=50%). Requires ``1 <= K < num_layers``, ``0 <= R <= 1``."""
+    num_layers = _check_layers(num_layers)
+    if not isinstance(k, int) or not (1 <= k < num_layers):
+        raise ValueError(f"FastV needs 1 <= K < num_layers ({num_layers}), got K={k!r}")
+    if not (0.0 <= ratio <= 1.0):
+        raise ValueError(f"FastV ratio R must be in [0, 1], got {ratio}")
+    return Schedule(tuple(1.0 if i < k else 1.0 - ratio for i in range(num_layers)), name="fastv")
+
+
+def pyramiddrop_schedule(
+    num_layers: int,
+    layers: Sequence[int] = (8, 16, 24),
+    ratios: Sequence[float] = (0.5, 0.25, 0.125),
+    reference_layers: int = 32,
+) -> Schedule:
+    """PyramidDrop stages: from ``layers[s]`` on, ``ratios[s]`` of the original visual tokens are kept.
+
+    The official lists are for the 32-layer LLaMA (``--layer_list '[8,16,24]'``, ratios ``[0.5,0.25,0.125]``);
+    for another depth the layer indices are scaled by ``num_layers / reference_layers`` and rounded
+    (4 layers → [1, 2, 3]). Scaled indices must be distinct and within ``[1, num_layers - 1]``."""
+    num_layers = _check_layers(num_layers)
+    layers, ratios = list(layers), [float(r) for r in ratios]
+    if len(layers) != len(ratios) or not layers:
+        raise ValueError(f"layers ({len(layers)}) and ratios ({len(ratios)}) need the same non-zero length")
+    if reference_layers < 1:
+        raise ValueError(f"reference_layers must be >= 1, got {reference_layers}")
+    scaled = [int(round(l * num_layers / reference_layers)) for l in layers]
+    for a, b in zip(scaled, scaled[1:]):
+        if b <= a:
+            raise ValueError(f"stage layers {layers} scaled to {num_layers} layers give {scaled}: not increasing")
+    if scaled[0] < 1 or scaled[-1] >= num_layers:
+        raise ValueError(f"stage layers {scaled} must lie in [1, {num_layers - 1}]")
+    for r in ratios:
+        if not (0.0 <= r <= 1.0):
+            raise ValueError(f"ratios must be fractions in [0, 1], got {ratios}")
+    keep = []
+    for i in range(num_layers):
+        f = 1.0
+        for layer, r in zip(scaled, ratios):
+            if i >= layer:
+                f = r
+        keep.append(f)
+    return Schedule(tuple(keep), name="pyramiddrop")
+
+
+def per_layer_schedule(keep: Sequence[float]) -> Schedule:
+    """A user list: ``keep[l]`` = fraction of the original visual tokens processed by layer ``l``."""
+    return Schedule(tuple(keep), name="custom")
+
+
+def make_schedule(spec, num_layers: int, **options) -> Schedule:
+    """A :class:`Schedule` from a name (``"aim"``, ``"fastv"``, ``"pyramiddrop"``/``"pdrop"``, with the
+    function's keyword options), a :class:`Schedule`, or a per-layer list of fractions."""
+    if isinstance(spec, Schedule):
+        if options:
+            raise ValueError("options are only accepted with a schedule name")
+        schedule = spec
+    elif isinstance(spec, str):
+        name = spec.lower()
+        if name == "aim":
+            schedule = aim_schedule(num_layers, **options)
+        elif name == "fastv":
+            schedule = fastv_schedule(num_layers, **options)
+        elif name in ("pyramiddrop", "pdrop"):
+            schedule = pyramiddrop_schedule(num_layers, **options)
+        else:
+            raise ValueError(f"unknown schedule {spec!r}; expected 'aim', 'fastv', 'pyramiddrop' or a list")
+    else:
+        if options:
+            raise ValueError("options are only accepted with a schedule name")
+        schedule = per_layer_schedule(spec)
+    if schedule.num_layers != num_layers:
+        raise ValueError(f"schedule has {schedule.num_layers} layers, the language model has {num_layers}")
+    return schedule
