@@ -118,6 +118,26 @@ def _container(tokens: list[Tensor], kind: str) -> Any:
     raise ValueError(f"unknown container {kind!r}")
 
 
+def _make_pruner(model: nn.Module, method: str, config: Any) -> Any:
+    """The in-LLM pruner of a method with stage ``"in_llm"`` (AIM, FastV), built from its config; else None."""
+    if get_method(method).stage != "in_llm":
+        return None
+    from .inllm import InLLMPruner, aim_schedule, fastv_schedule, find_text_model
+
+    num_layers = len(find_text_model(model)[1].layers)
+    try:
+        if method == "fastv":
+            if config.k >= num_layers:
+                raise ValueError(f"fastv: k={config.k} must be below the model's {num_layers} layers")
+            return InLLMPruner(model, fastv_schedule(num_layers, config.k, config.r), score="fastv", mode=config.prune_mode)
+        schedule = aim_schedule(num_layers, config.l1, config.l2)
+        return InLLMPruner(
+            model, schedule, score="pagerank", mode=config.prune_mode, tau=config.tau, iters=config.pagerank_iters
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{method}: {err}") from None
+
+
 def _signal_request(adapter: Adapter, method: str) -> SignalRequest | None:
     """Which tower signals ``method`` needs from this adapter (None: none); refuses impossible combinations."""
     info = get_method(method)
@@ -250,7 +270,8 @@ class SlimVLM:
     """A stock VLM with a token-reduction method in front of its language model.
 
     ``generate(**processor_outputs, **generation_kwargs)`` and ``__call__`` behave like the stock model's;
-    ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after;
+    ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after
+    (entering the LLM); for AIM / FastV, ``last_inllm_stats`` gives the visual tokens kept per LLM layer;
     ``last_prompt_length`` is the reduced prompt length (new tokens in ``generate``'s output start there).
     Every other attribute is the wrapped model's.
     """
@@ -262,6 +283,10 @@ class SlimVLM:
         self.options = dict(options)
         self.config_ = make_config(method, **options)  # validate now, not at the first call
         _signal_request(self.adapter, method)
+        #: the in-LLM pruner of AIM / FastV (attached only during a call), else None.
+        self.pruner = _make_pruner(model, method, self.config_)
+        #: per-layer kept counts of the last call's in-LLM pruning (AIM / FastV), else None.
+        self.last_inllm_stats: dict[str, Any] | None = None
         self.last_stats: list[ItemStats] = []
         #: length of the (reduced, padded) prompt of the last call: ``generate``'s output continues after it.
         self.last_prompt_length: int = 0
@@ -282,13 +307,21 @@ class SlimVLM:
         rest = {k: v for k, v in kwargs.items() if k not in keys}
         return inputs, rest
 
-    def __call__(self, **kwargs: Any) -> Any:
+    def _run(self, fn: Any, kwargs: dict[str, Any]) -> Any:
         inputs, rest = self._split(kwargs)
-        return self.model(**self.prepare(**inputs), **rest)
+        prepared = self.prepare(**inputs)
+        if self.pruner is None:
+            return fn(**prepared, **rest)
+        with self.pruner:  # hooks live only for this call; outside it the model is stock
+            out = fn(**prepared, **rest)
+        self.last_inllm_stats = self.pruner.last_stats
+        return out
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self._run(self.model, kwargs)
 
     def generate(self, **kwargs: Any) -> Any:
-        inputs, rest = self._split(kwargs)
-        return self.model.generate(**self.prepare(**inputs), **rest)
+        return self._run(self.model.generate, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "model":  # not yet set (during unpickling)

@@ -17,6 +17,7 @@ _pm = importlib.import_module(".prumerge", __package__)  # modules share names w
 _sp = importlib.import_module(".sampling", __package__)
 _tm = importlib.import_module(".tome", __package__)
 _vz = importlib.import_module(".visionzip", __package__)
+_in = importlib.import_module(".inllm", __package__)
 
 __all__ = ["MethodInfo", "available", "get", "reduce", "make_config", "SIGNALS"]
 
@@ -43,7 +44,8 @@ class MethodInfo:
         needs: signals that must be given (alternatives noted in ``summary``).
         accepts: every signal the function takes.
         stage: where an adapter applies it: ``"pre_projector"`` (vision features, as PruMerge and VisionZip do),
-            ``"post_projector"`` (LLM-width tokens, as AIM's merge), or ``"any"``.
+            ``"post_projector"`` (LLM-width tokens, as AIM's merge), ``"any"``, or ``"in_llm"`` (the function is
+            the pre-LLM part; the rest prunes inside the language model, see ``slimvlm.inllm``).
         adaptive: whether the default budget is the method's own per-image rule.
         summary: one line for listings.
         reference: paper / official code it follows.
@@ -109,6 +111,16 @@ _register(MethodInfo(
 _register(MethodInfo(
     "pool", _sp.pool, _sp.PoolConfig, (), ("grid",), "any", False,
     "average pooling to a grid (default 25%)", "LLaVA-OneVision / NeXT-Video spatial pooling"))
+
+
+_register(MethodInfo(
+    "aim", _tm.aim_merge, _in.AIMConfig, (), ("metric",), "in_llm", False,
+    "AIM: merge before the LLM (25%) + progressive PageRank pruning inside it (layers l1..l2)",
+    "AIM, arXiv 2412.03248; LaVi-Lab/AIM"))
+_register(MethodInfo(
+    "fastv", _sp.identity, _in.FastVConfig, (), (), "in_llm", False,
+    "FastV: drop the least-attended visual tokens at layer K (K=2, R=0.5) inside the LLM",
+    "Chen et al., ECCV 2024; pkunlp-icler/FastV"))
 
 
 def available() -> list[str]:
