@@ -42,24 +42,14 @@ CAPTION = (
 )
 
 
-def reductions(features: torch.Tensor, signals: dict) -> tuple[dict, dict]:
-    """The four methods' reductions of one image, and the summary slot of the PruMerge ones."""
-    results = {
+def reductions(features: torch.Tensor, signals: dict) -> dict:
+    """The four methods' reductions of one image (PruMerge flags its summary token in ``Reduction.summary``)."""
+    return {
         "PruMerge (adaptive)": reduce("prumerge", features, signals=signals),
         "PruMerge+ (adaptive)": reduce("prumerge+", features, signals=signals),
         f"spatial (keep={KEEP})": reduce("spatial", features, signals=signals, keep=KEEP),
         f"AIM merge (keep={KEEP})": reduce("aim-merge", features, signals=signals, keep=KEEP),
     }
-    # Clean-mode PruMerge appends its summary token last exactly when it pruned something: when fewer than N
-    # slots came out, or N slots that are not simply every patch in raster order (N-1 kept + the summary).
-    n = features.shape[1]
-    summary = {}
-    for label, red in results.items():
-        count = red.counts[0]
-        every_patch = count == n and bool((red.anchors[0, :n] == torch.arange(n)).all())
-        if label.startswith("PruMerge") and not every_patch:
-            summary[label] = -1
-    return results, summary
 
 
 def main(out_dir: str) -> int:
@@ -81,8 +71,8 @@ def main(out_dir: str) -> int:
     for name in PHOTOS:
         image = photos[name]
         sig = capture_signals(model, preprocess(image, SIZE))
-        results, summary = reductions(sig.features, sig.as_dict())
-        row = viz.method_grid(image, results, sig.grid, summary_slots=summary, cell=CELL)
+        results = reductions(sig.features, sig.as_dict())
+        row = viz.method_grid(image, results, sig.grid, cell=CELL)
         path = os.path.join(out_dir, f"overlays_{name}.png")
         size = viz.save(viz.stack([row], caption=CAPTION), path, colors=COLORS)
         counts = ", ".join(f"{label} {red.counts[0]}" for label, red in results.items())

@@ -299,3 +299,16 @@ def test_reduce_prefers_precomputed_signals_when_q_k_are_also_given():
     torch.testing.assert_close(both.features, from_qk.features, **TOL)
     with pytest.raises(ValueError, match="either q and k"):
         prumerge(x, q=q, k=k, cls_attn=cls_attention_from_qk(q, k), keys=k[:, 1:])
+
+
+def test_summary_flag_marks_the_extra_token():
+    x, a, k = planted(2, 64)
+    assert prumerge(x, cls_attn=a, keys=k, keep=5).summary.tolist() == [True, True]
+    assert prumerge(x, cls_attn=a, keys=k, keep=64).summary.tolist() == [False, False]  # nothing pruned
+    assert prumerge(x, cls_attn=a, keys=k, keep=5, extra_token=False).summary.tolist() == [False, False]
+    uniform = torch.full((2, 64), 1 / 64)
+    red = prumerge(x, cls_attn=uniform, keys=k, mode="faithful")  # only the extra token
+    assert red.summary.tolist() == [True, True] and red.has_summary(0) and red.counts == [1, 1]
+    from slimvlm.methods import spatial
+
+    assert not spatial(x, keep=16).has_summary(0)

@@ -179,6 +179,8 @@ def cell_states(
     if bad.size:
         raise ValueError(f"anchors of item {item} hold token {int(bad[0])}, outside [-1, {n - 1}] (N={n})")
     summary = None
+    if summary_slot is None and reduction.has_summary(item):  # PruMerge's extra token, flagged by the method
+        summary_slot = -1
     if summary_slot is not None:
         summary = _as_int(summary_slot, "summary_slot")
         if not -length <= summary < length:

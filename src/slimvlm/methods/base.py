@@ -31,6 +31,8 @@ class Reduction:
             slot if kept, the slot it was merged into otherwise), or ``-1`` if it was dropped. Used for
             pictures of which patches were merged together.
         method: the registry name of the method that produced it.
+        summary: ``(B,)`` bool or None: whether the item's last real slot is a summary token standing for many
+            dropped tokens (PruMerge's appended extra token) rather than one kept token. None: never.
     """
 
     features: Tensor
@@ -38,6 +40,11 @@ class Reduction:
     lengths: Tensor
     assignment: Tensor
     method: str
+    summary: Tensor | None = None
+
+    def has_summary(self, b: int) -> bool:
+        """Whether item ``b`` ends with a summary token (PruMerge's extra token)."""
+        return self.summary is not None and bool(self.summary[b])
 
     def __len__(self) -> int:
         return self.features.shape[0]

@@ -367,7 +367,8 @@ def token_supplement(
         assignment = _scatter_valid(assignment, pruned, target, cand_valid[:, m:])
     slots = torch.arange(m, device=dev).expand(b, m)
     assignment = _scatter_valid(assignment, centres.flip(1), slots.flip(1), centre_valid.flip(1))
-    return Reduction(features_out, anchors, lengths, assignment, method)
+    summary = extra_here if add_extra else torch.zeros(b, dtype=torch.bool, device=dev)
+    return Reduction(features_out, anchors, lengths, assignment, method, summary)
 
 
 def _merge_neighbours(
