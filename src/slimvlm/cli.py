@@ -185,6 +185,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- viz
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import viz
+    from .methods import get, reduce
+
+    methods = args.method or ["prumerge", "prumerge+", "spatial", "aim-merge"]
+    options = method_options(args)
+    for m in methods:
+        opts = _options_for(m, options)
+        _check_method(m, opts)
+        if get(m).stage == "in_llm" and m != "aim":
+            raise CLIError(f"{m} prunes inside the language model; there is nothing to draw on the image")
+    image = _load_image(args.image)
+    try:
+        from .assets import load_dinov2_small, preprocess
+        from .signals import capture_signals, record_qk
+
+        tower = load_dinov2_small()
+    except (ImportError, RuntimeError) as err:
+        raise CLIError(f"the real DINOv2-S/14 tower is needed: {err}") from None
+    torch.set_grad_enabled(False)
+    with record_qk(tower, layer=-2) as rec:
+        sig = capture_signals(tower, preprocess(image, args.size))
+    from .methods import cls_attention_from_qk, head_mean_keys
+
+    vz = {"cls_attn": cls_attention_from_qk(rec.q, rec.k, form="head_sum", num_heads=sig.num_heads),
+          "keys": head_mean_keys(rec.k[:, 1:], sig.num_heads), "cls_feature": sig.cls_feature, "grid": sig.grid}
+    results = {}
+    for m in methods:
+        opts = _options_for(m, options)
+        label = m + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
+        results[label] = reduce(m, sig.features, signals=vz if m == "visionzip" else sig.as_dict(), **opts)
+    picture = viz.method_grid(image, results, sig.grid, cell=max(4, args.size // sig.grid[0]))
+    size = viz.save(picture, args.out, colors=256)
+    counts = ", ".join(f"{label}: {red.counts[0]}" for label, red in results.items())
+    print(f"wrote {args.out} ({size / 1e3:.0f} kB); tokens kept of {sig.features.shape[1]}: {counts}")
+    return 0
+
+
+def _options_for(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that ``method`` takes (e.g. --mode applies to PruMerge, not to spatial)."""
+    from .methods import get
+
+    fields = set(get(method).defaults())
+    return {k: v for k, v in options.items() if k in fields}
+
+
 # ----------------------------------------------------------------------------------------------- cost
 
 
@@ -314,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("viz", help="draw which patches each method keeps and merges (real DINOv2-S/14 tower, offline)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Example:\n  slimvlm viz --image cat.jpg --method prumerge+ --method spatial --keep 144 --out cat.png\n"
+                       "Budget options apply to every method that takes them; adaptive ones use their own rule.")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: prumerge, prumerge+, spatial, aim-merge)")
+    p.add_argument("--keep", type=int, help="keep this many tokens (methods that take a budget)")
+    p.add_argument("--ratio", type=float, help="keep this fraction of the tokens, in (0, 1]")
+    p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="another method option (repeatable)")
+    p.add_argument("--size", type=int, default=336, help="input size in pixels (multiple of 14; default 336 = 24x24 patches)")
+    p.add_argument("--out", default="slimvlm_viz.png", help="output PNG (default slimvlm_viz.png)")
+    p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("cost", help="analytic prefill FLOPs, time (roofline) and KV memory, baseline vs reduced",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
