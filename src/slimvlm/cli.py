@@ -140,6 +140,22 @@ def _load_model(spec: str, progress: bool):
     return model.eval(), processor, None
 
 
+def _model_and_inputs(args: argparse.Namespace):
+    """``(model, inputs, decode, note)`` for --model / --image / --prompt."""
+    images = [_load_image(p) for p in args.image]
+    model, processor, family = _load_model(args.model, progress=True)
+    if family is not None:
+        from .testing import tiny_inputs, tiny_tokenizer
+
+        inputs = tiny_inputs(model, family, [args.prompt], images_per_prompt=[max(1, len(images))])
+        note = "tiny random-weight model: the image is replaced by random pixels and the answer is meaningless"
+        return model, inputs, tiny_tokenizer().decode, note
+    if not images:
+        raise CLIError("give at least one --image")
+    inputs = processor(images=images, text=args.prompt, return_tensors="pt")
+    return model, inputs, processor.decode, None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
@@ -147,19 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = method_options(args)
     _check_method(args.method, options)
-    images = [_load_image(p) for p in args.image]
-    model, processor, family = _load_model(args.model, progress=True)
-    if family is not None:
-        from .testing import tiny_inputs, tiny_tokenizer
-
-        inputs = tiny_inputs(model, family, [args.prompt], images_per_prompt=[max(1, len(images))])
-        decode = tiny_tokenizer().decode
-        note = "tiny random-weight model: the image is replaced by random pixels and the answer is meaningless"
-    else:
-        text = args.prompt
-        inputs = processor(images=images or None, text=text, return_tensors="pt")
-        decode = processor.decode
-        note = None
+    model, inputs, decode, note = _model_and_inputs(args)
     results = []
     for method in ([args.compare] if args.compare else []) + [args.method]:
         opts = options if method == args.method else {}
@@ -182,6 +186,45 @@ def cmd_run(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
         print(f"[{r['method']}{' ' + opts if opts else ''}] visual tokens {before} -> {after}, {r['seconds']:.2f} s")
         print(f"  answer: {r['answer']!r}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import bench
+
+    options = method_options(args)
+    names = args.method or ["none", "prumerge+", "spatial"]
+    specs = []
+    for m in names:
+        opts = _options_for(m, options) if m != "none" else {}
+        _check_method(m, opts)
+        specs.append(bench.MethodSpec(m, opts))
+    if args.runs < 1:
+        raise CLIError("--runs must be >= 1")
+    model, inputs, _, note = _model_and_inputs(args)
+    if note:
+        print(f"note: {note.split(':')[0]}: timings are real, answers are not", file=sys.stderr)
+    with tqdm(total=(args.runs + args.warmup) * len(specs), desc="timing", unit="run", file=sys.stderr) as bar:
+        rows = bench.benchmark(model, inputs, specs, runs=args.runs, warmup=args.warmup,
+                               decode_steps=args.decode_steps, threads=args.threads,
+                               progress=lambda _msg: bar.update(1))
+    if args.out:
+        out = Path(args.out)
+        (bench.to_json if out.suffix == ".json" else bench.to_csv)(rows, out)
+        print(f"wrote {out}")
+    if args.plot:
+        bench.plot(rows, Path(args.plot), config=model.config)
+        print(f"wrote {args.plot}")
+    print(f"{'method':<28} {'visual':>7} {'encode s':>9} {'reduce s':>9} {'prefill s':>10} {'TTFT s':>8} {'speed-up':>9}")
+    for r in rows:
+        speed = f"{r.prefill_speedup:.2f}x" if getattr(r, "prefill_speedup", None) else "-"
+        print(f"{r.label:<28} {r.visual_tokens:>7} {r.encode_s:>9.3f} {r.reduce_s:>9.4f} {r.prefill_s:>10.3f} "
+              f"{r.ttft_s:>8.3f} {speed:>9}")
     return 0
 
 
@@ -230,8 +273,10 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 def _options_for(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options that ``method`` takes (e.g. --mode applies to PruMerge, not to spatial)."""
-    from .methods import get
+    from .methods import available, get
 
+    if method not in available():
+        raise CLIError(f"unknown method {method!r}; run `slimvlm methods` to list them ({', '.join(available())})")
     fields = set(get(method).defaults())
     return {k: v for k, v in options.items() if k in fields}
 
@@ -365,6 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="measure encode, reduce, LLM prefill, time to first token and decode per method",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Example:\n  slimvlm bench --model tiny:llava --prompt hi -m none -m prumerge+ -m spatial --keep 16 "
+                       "--out bench.csv\nFloat32 on one thread by default; medians of --runs after --warmup.")
+    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
+    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format")
+    p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: none, prumerge+, spatial)")
+    p.add_argument("--keep", type=int, help="keep this many visual tokens (methods that take a budget)")
+    p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
+    p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
+    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="another method option (repeatable)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per method (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--decode-steps", type=int, default=4, help="decode steps timed per run (default 4)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", help="write the rows to this .csv or .json")
+    p.add_argument("--plot", help="write a PNG of prefill time vs visual tokens")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("viz", help="draw which patches each method keeps and merges (real DINOv2-S/14 tower, offline)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
