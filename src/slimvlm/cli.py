@@ -370,14 +370,18 @@ def cmd_cost(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- parser
 
 
-def _add_method_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--method", "-m", default=default, required=default is None,
-                   help="method name (see `slimvlm methods`)")
-    p.add_argument("--keep", type=int, help="keep this many visual tokens (per image / frame)")
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=int, help="keep this many visual tokens (per image / frame; methods that take a budget)")
     p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
     p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="any other method option, e.g. -o k_neighbors=16 -o sample_grid=6x6 (repeatable)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
+    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format (with <image> where needed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,10 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="MODEL is a local directory or hub id loadable by AutoModelForImageTextToText, or "
                        "tiny:<family> (llava, llava-next, qwen2-vl, ...) for an offline random-weight model.")
-    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
-    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
-    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format (with <image> where needed)")
-    _add_method_args(p)
+    _add_model_args(p)
+    p.add_argument("--method", "-m", required=True, help="method name (see `slimvlm methods`)")
+    _add_budget_args(p)
     p.add_argument("--compare", metavar="METHOD", help="also run this method first (e.g. none) for comparison")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -415,14 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Example:\n  slimvlm bench --model tiny:llava --prompt hi -m none -m prumerge+ -m spatial --keep 16 "
                        "--out bench.csv\nFloat32 on one thread by default; medians of --runs after --warmup.")
-    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
-    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
-    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format")
+    _add_model_args(p)
     p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: none, prumerge+, spatial)")
-    p.add_argument("--keep", type=int, help="keep this many visual tokens (methods that take a budget)")
-    p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
-    p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
-    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="another method option (repeatable)")
+    _add_budget_args(p)
     p.add_argument("--runs", type=int, default=3, help="timed runs per method (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--decode-steps", type=int, default=4, help="decode steps timed per run (default 4)")
@@ -437,10 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Budget options apply to every method that takes them; adaptive ones use their own rule.")
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: prumerge, prumerge+, spatial, aim-merge)")
-    p.add_argument("--keep", type=int, help="keep this many tokens (methods that take a budget)")
-    p.add_argument("--ratio", type=float, help="keep this fraction of the tokens, in (0, 1]")
-    p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
-    p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="another method option (repeatable)")
+    _add_budget_args(p)
     p.add_argument("--size", type=int, default=336, help="input size in pixels (multiple of 14; default 336 = 24x24 patches)")
     p.add_argument("--out", default="slimvlm_viz.png", help="output PNG (default slimvlm_viz.png)")
     p.set_defaults(func=cmd_viz)
