@@ -128,7 +128,7 @@ def _make_pruner(model: nn.Module, method: str, config: Any) -> Any:
     try:
         if method == "fastv":
             if config.k >= num_layers:
-                raise ValueError(f"fastv: k={config.k} must be below the model's {num_layers} layers")
+                raise ValueError(f"k={config.k} must be below the model's {num_layers} layers")
             return InLLMPruner(model, fastv_schedule(num_layers, config.k, config.r), score="fastv", mode=config.prune_mode)
         schedule = aim_schedule(num_layers, config.l1, config.l2)
         return InLLMPruner(
