@@ -37,7 +37,7 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from prefill import _cpu_model, build_inputs, build_model  # noqa: E402  (same model and inputs)
+from prefill import build_inputs, build_model  # noqa: E402  (same model and inputs)
 
 from slimvlm import bench  # noqa: E402
 from slimvlm.bench import MethodSpec  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         "# In-LLM pruning: measured vs analytic prefill speed-up (CPU)",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; torch {torch.__version__}; "
-        f"{_cpu_model()}; 1 thread, float32, sdpa",
+        f"{bench.cpu_name()}; 1 thread, float32, sdpa",
         "- model: LLaVA, CLIP-L/14-336-shaped tower + Qwen2-0.5B-shaped LM (24 layers), random weights; "
         "576 visual + 40 text tokens, all entering the LLM",
         f"- medians of {args.runs} runs after {args.warmup} warm-up; load average start {load_start}, end {load_end}",

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -128,16 +127,6 @@ def build_inputs(model) -> dict:
         "attention_mask": torch.ones_like(ids),
         "pixel_values": torch.randn(1, 3, 336, 336, generator=gen),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def _fmt(x, digits=3) -> str:
@@ -287,7 +276,7 @@ def main(argv=None) -> int:
     load_end = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     meta = dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        transformers=transformers.__version__, cpu=_cpu_model(), load_start=load_start, load_end=load_end,
+        transformers=transformers.__version__, cpu=bench.cpu_name(), load_start=load_start, load_end=load_end,
         build_s=build_s, bench_s=bench_s, params=params,
         layers_v=model.config.vision_config.num_hidden_layers, layers_t=model.config.text_config.num_hidden_layers,
     )

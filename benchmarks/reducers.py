@@ -49,6 +49,7 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import slimvlm.methods as sm
+from slimvlm.bench import cpu_name  # noqa: E402
 
 C = 1024
 SHAPES = [  # (label, N, grid passed to grid-aware methods)
@@ -302,16 +303,6 @@ def fmt(x, spec=".2f", none="-"):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def source_fingerprint() -> str:
     """Short hash of slimvlm/methods/*.py, to tell which version of the code was timed."""
     import hashlib
@@ -343,7 +334,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
-    print(f"slimvlm reducer benchmark | torch {torch.__version__} | threads {threads} | float32 | {cpu_model()}")
+    print(f"slimvlm reducer benchmark | torch {torch.__version__} | threads {threads} | float32 | {cpu_name()}")
     print(f"runs per case: {runs} (median, after 1 warm-up); slimvlm.methods fingerprint {source_fingerprint()}"
           + (" | QUICK MODE" if args.quick else ""))
     load_start = load_avg()
@@ -504,7 +495,7 @@ def main(argv=None) -> int:
         f"- torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}",
         f"- slimvlm.methods source fingerprint (sha1 of methods/*.py): {source_fingerprint()}",
         f"- threads: {threads} (`torch.set_num_threads(1)`), float32, `torch.no_grad()`",
-        f"- machine: {cpu_model()}, {__import__('os').cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
+        f"- machine: {cpu_name()}, {__import__('os').cpu_count()} logical CPUs, {platform.system()} {platform.machine()}",
         f"- timing: median of {runs} runs after 1 warm-up (`time.perf_counter`); tower: median of "
         f"{args.tower_runs}" + (" (skipped: --quick)" if tower_ms is None else ""),
         "- inputs: random features and keys (B, N, 1024); [CLS] attention = softmax of random logits with "

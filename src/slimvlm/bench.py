@@ -48,6 +48,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,17 @@ class MethodSpec:
         if not self.options:
             return self.method
         return f"{self.method}(" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items())) + ")"
+
+
+def cpu_name() -> str:
+    """The CPU model name (from /proc/cpuinfo on Linux), for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _spec(m: Any) -> MethodSpec:
