@@ -23,7 +23,7 @@ from .methods import make_config
 from .models import adapter_for
 from .models.base import Adapter, SignalRequest, VisualItem, no_signal_message
 
-__all__ = ["apply", "prepare", "SlimVLM", "ItemStats", "Prepared"]
+__all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats", "Prepared"]
 
 #: Where each tower-signal method reads its signals (score layer, style): the official choices.
 _SIGNAL_SOURCES = {
@@ -64,16 +64,16 @@ def _split_frames(x: Tensor, frames: int, what: str) -> Tensor:
     return x.reshape(frames, n // frames, *x.shape[1:])
 
 
-def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool) -> tuple[Tensor, Tensor]:
-    """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
-    for each, the position within the item's placeholder run whose M-RoPE position it takes (its anchor)."""
+def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) -> tuple[Any, Tensor]:
+    """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows) and the
+    item positions of its unprotected tokens, which the reduction's indices refer to."""
     info = get_method(method)
     n = item.num_tokens
     dev = item.tokens.device
     free = torch.arange(n, device=dev) if item.protected is None else (~item.protected).nonzero().flatten()
     base = item.pre if use_pre else item.tokens
     if use_pre and base is None:
-        raise RuntimeError(f"{type(adapter).__name__} gave no pre-projector features for {method}")
+        raise RuntimeError(f"no pre-projector features for {method}")
     frames = item.frames
     feats = _split_frames(base[free], frames, "features")
     n_f = feats.shape[1]
@@ -87,7 +87,15 @@ def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, us
     if item.grid is not None and item.grid[0] * item.grid[1] == n_f:
         signals["grid"] = item.grid
     given = {k: v for k, v in signals.items() if k in info.accepts}
-    red = info.function(feats, config=config, **given)
+    return info.function(feats, config=config, **given), free
+
+
+def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool) -> tuple[Tensor, Tensor]:
+    """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
+    for each, the position within the item's placeholder run whose M-RoPE position it takes (its anchor)."""
+    red, free = item_reduction(item, method, config, use_pre)
+    frames = item.frames
+    n_f = red.assignment.shape[1]
     out_tokens, out_src = [], []
     for f in range(frames):
         kept, anchors = red.item(f)
@@ -159,6 +167,17 @@ def _check_counts(input_ids: Tensor, placeholder: dict[str, int], counts: dict[s
             )
 
 
+def _check_items(items: Any, method: str, use_pre: bool, request: SignalRequest | None) -> None:
+    """Precomputed items must be a list of :class:`VisualItem` carrying what ``method`` reads."""
+    if not isinstance(items, (list, tuple)) or not all(isinstance(it, VisualItem) for it in items):
+        raise TypeError(f"items must be a list of VisualItem from slimvlm.pipeline.encode, got {type(items).__name__}")
+    if use_pre and any(it.pre is None for it in items):
+        raise ValueError(f"{method} reduces pre-projector features; these items have none (encode them for {method!r})")
+    need = [s for s in ("cls_attn", "keys") if s in get_method(method).needs]
+    if request is not None and any(s not in it.signals for it in items for s in need):
+        raise ValueError(f"{method} needs tower signals {need}; these items lack them (encode them for {method!r})")
+
+
 def _rebuild(
     inputs: Mapping[str, Any],
     placeholder: dict[str, int],
@@ -219,20 +238,42 @@ def _rebuild(
     return out, rows
 
 
-def prepare(model: nn.Module, inputs: Mapping[str, Any], method: str = "none", **options: Any) -> Prepared:
+def prepare(
+    model: nn.Module, inputs: Mapping[str, Any], method: str = "none", *, items: list[VisualItem] | None = None, **options: Any
+) -> Prepared:
     """Encode, reduce and rebuild: the kwargs to pass to the stock ``model(...)`` / ``model.generate(...)``.
 
     ``inputs`` are the processor's outputs (``input_ids``, ``attention_mask``, ``pixel_values``, …); ``options``
     are the method's config fields (``keep=``, ``ratio=``, ``mode=``, …). Keys this does not know are passed
-    through unchanged.
+    through unchanged. ``items``: the output of :func:`encode` for these inputs and this method, to reuse one
+    tower forward across many prompts or methods (the vision encoder is then not run).
     """
     adapter = adapter_for(model)
     config = make_config(method, **options)
     _signal_request(adapter, method)
-    return _prepare(adapter, inputs, method, config, options)
+    return _prepare(adapter, inputs, method, config, options, items)
 
 
-def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: Any, options: dict) -> Prepared:
+def encoding_key(model: nn.Module, method: str) -> tuple[bool, SignalRequest | None]:
+    """What :func:`encode` computes for ``method``: ``(pre-projector features?, tower signals)``. Methods with equal
+    keys can share one encoding."""
+    adapter = adapter_for(model)
+    return get_method(method).stage == "pre_projector", _signal_request(adapter, method)
+
+
+@torch.no_grad()
+def encode(model: nn.Module, inputs: Mapping[str, Any], method: str = "none") -> list[VisualItem]:
+    """Run the vision encoder the way :func:`prepare` would for ``method``: one :class:`VisualItem` per image /
+    video in placeholder order. Pass the result to ``prepare(..., items=...)`` to reuse it."""
+    adapter = adapter_for(model)
+    adapter.check_inputs(inputs)
+    need_pre, request = encoding_key(model, method)
+    return adapter.encode(inputs, need_pre=need_pre, signals=request)
+
+
+def _prepare(
+    adapter: Adapter, inputs: Mapping[str, Any], method: str, config: Any, options: dict, items: list[VisualItem] | None = None
+) -> Prepared:
     adapter.check_inputs(inputs)
     if inputs.get("position_ids") is not None:
         raise ValueError("position_ids are rebuilt by slimvlm for the reduced sequence; do not pass them")
@@ -240,7 +281,10 @@ def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: A
     request = _signal_request(adapter, method)
     use_pre = info.stage == "pre_projector"
     with torch.no_grad():
-        items = adapter.encode(inputs, need_pre=use_pre, signals=request)
+        if items is None:
+            items = adapter.encode(inputs, need_pre=use_pre, signals=request)
+        else:
+            _check_items(items, method, use_pre, request)
         use_pre = use_pre and all(it.pre is not None for it in items)
         placeholder = adapter.placeholder_ids()
         counts: dict[str, list[int]] = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
@@ -269,7 +313,8 @@ def _prepare(adapter: Adapter, inputs: Mapping[str, Any], method: str, config: A
 class SlimVLM:
     """A stock VLM with a token-reduction method in front of its language model.
 
-    ``generate(**processor_outputs, **generation_kwargs)`` and ``__call__`` behave like the stock model's;
+    ``generate(**processor_outputs, **generation_kwargs)`` and ``__call__`` behave like the stock model's
+    (both also take ``items=``, the output of :func:`encode`, to skip the vision encoder);
     ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after
     (entering the LLM); for AIM / FastV, ``last_inllm_stats`` gives the visual tokens kept per LLM layer;
     ``last_prompt_length`` is the reduced prompt length (new tokens in ``generate``'s output start there).
@@ -294,9 +339,9 @@ class SlimVLM:
     def _input_keys(self) -> set[str]:
         return _INPUT_KEYS | set(self.adapter.encoder_keys)
 
-    def prepare(self, **inputs: Any) -> dict[str, Any]:
-        """The kwargs the stock model gets for these processor outputs."""
-        prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options)
+    def prepare(self, items: list[VisualItem] | None = None, **inputs: Any) -> dict[str, Any]:
+        """The kwargs the stock model gets for these processor outputs (``items``: see :func:`prepare`)."""
+        prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options, items)
         self.last_stats = prepared.stats
         self.last_prompt_length = int(prepared.kwargs["input_ids"].shape[1])
         return prepared.kwargs
@@ -308,8 +353,9 @@ class SlimVLM:
         return inputs, rest
 
     def _run(self, fn: Any, kwargs: dict[str, Any]) -> Any:
+        items = kwargs.pop("items", None)
         inputs, rest = self._split(kwargs)
-        prepared = self.prepare(**inputs)
+        prepared = self.prepare(items, **inputs)
         if self.pruner is None:
             return fn(**prepared, **rest)
         with self.pruner:  # hooks live only for this call; outside it the model is stock
