@@ -122,3 +122,64 @@ def test_slimvlm_methods_run(built, method):
         out = slimvlm.apply(model, method)(**inputs)
     assert out.logits.shape[0] == 1 and out.logits.shape[1] < inputs["input_ids"].shape[1]
     assert torch.isfinite(out.logits).all()
+
+
+def test_object_patches_brute_force():
+    """A patch is listed iff its 14-px cell overlaps the object's box (checked pixel by pixel)."""
+    from slimvlm.demo.train import object_patches
+
+    for seed in range(6):
+        for obj in scenes.make_scene(seed).objects:
+            x0, y0, x1, y1 = obj.bbox
+            want = []
+            for p in range(N_IMAGE_TOKENS):
+                r, c = divmod(p, 24)
+                cell_x, cell_y = set(range(c * 14, c * 14 + 14)), set(range(r * 14, r * 14 + 14))
+                if cell_x & set(range(x0, x1)) and cell_y & set(range(y0, y1)):
+                    want.append(p)
+            assert object_patches(obj) == want
+
+
+def test_question_pool_patches_follow_the_objects(built):
+    from slimvlm.demo.train import object_patches, question_pool
+
+    _, tok = built
+    sc = scenes.make_scene(11)
+    pool = question_pool(sc, tok, variants=1)
+    qas = scenes.questions(sc)
+    assert len(pool.patches) == len(qas)
+    for qa, patches in zip(qas, pool.patches):
+        assert patches == sorted({p for i in qa.objects for p in object_patches(sc.objects[i])})
+        if qa.qtype == "exist" and qa.answer == "no":
+            assert patches == []
+
+
+def test_grounding_loss_equals_recorded_attention(built, cached):
+    """The grounding loss reads head 0 of the chosen layer at each answer: position; compare with the attention
+    weights transformers itself returns (output_attentions, eager)."""
+    import copy
+
+    model, tok = built
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("eager")
+    feats, pools = cached
+    items = [list(zip(p.tokens, p.answers, p.patches)) for p in pools[:2]]
+    batch = pack_batch(items, **_ids(tok))
+    assert len(batch["ground"]) == sum(1 for p in pools[:2] for x in p.patches if x)
+    for row, qpos, pos in batch["ground"]:
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][row, qpos])) == "answer:"
+        assert all(1 <= q <= N_IMAGE_TOKENS for q in pos)
+    with torch.no_grad():
+        _, _, loss = packed_logits(model, feats[:2], batch, ground_layer=1)
+        inner = model.model
+        emb = inner.get_input_embeddings()(batch["input_ids"])
+        emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[:2].float())
+        additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
+        out = inner.language_model(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"],
+                                   output_attentions=True, use_cache=False)
+        attn = out.attentions[1]
+    want = torch.stack([-torch.log(attn[r, 0, q, pos].sum()) for r, q, pos in batch["ground"]]).mean()
+    assert torch.allclose(loss, want, atol=1e-5)
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="eager"):
+        packed_logits(model, feats[:2], batch, ground_layer=1)

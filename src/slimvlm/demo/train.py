@@ -8,15 +8,23 @@ Several questions share one image in one packed sequence ``<s> <image>×576 | q1
 with a block attention mask (each question sees the image and itself, never another question) and position ids
 that restart after the image for every question, so each question is computed exactly as it would be alone
 (RoPE is relative) while the 576-token prefix is paid once per image. Loss on the answer word and ``</s>``.
+
+Two training-only aids, neither of which changes the shipped architecture (a stock ``LlavaForConditionalGeneration``):
+
+- the tower features are standardised per channel (DINOv2's channels share a large mean), and the statistics are
+  folded into the projector's first linear layer at the end (:func:`fold_feature_norm`);
+- a grounding loss: head 0 of LM layer 1, at the ``answer:`` position, is asked to put its attention on the patches
+  of the objects the answer is about (known from the scene generator). Without it, a from-scratch LM stayed at the
+  answer priors for hundreds of steps (it has to discover which of 576 image tokens matter); see ``train()``.
+
 Everything is deterministic from the seed (fixed data order, ``torch.manual_seed``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -49,12 +57,23 @@ class QAPool:
     tokens: list[list[int]]
     answers: list[int]
     qtypes: list[str]
+    #: per question, the image patches (raster indices) covered by the objects its answer is about (may be empty)
+    patches: list[list[int]] = field(default_factory=list)
+
+
+def object_patches(obj) -> list[int]:
+    """Raster indices of the 14-px patches that an object's bounding box overlaps."""
+    side = scenes.IMAGE_SIZE // scenes.PATCH
+    x0, y0, x1, y1 = obj.bbox
+    cols = range(max(0, x0 // scenes.PATCH), min(side, (x1 - 1) // scenes.PATCH + 1))
+    rows = range(max(0, y0 // scenes.PATCH), min(side, (y1 - 1) // scenes.PATCH + 1))
+    return [r * side + c for r in rows for c in cols]
 
 
 def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
     """Unique questions of ``scene`` from ``scenes.questions`` with its default generator and ``variants - 1``
     extra seeded generators (more questions per cached image)."""
-    seen, toks, ans, qt = set(), [], [], []
+    seen, toks, ans, qt, pt = set(), [], [], [], []
     for v in range(variants):
         rng = None if v == 0 else np.random.default_rng([scene.seed, 0xDE30, v])
         for qa in scenes.questions(scene, rng):
@@ -65,7 +84,8 @@ def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
             toks.append(ids)
             ans.append(tokenizer.convert_tokens_to_ids(qa.answer))
             qt.append(qa.qtype)
-    return QAPool(toks, ans, qt)
+            pt.append(sorted({p for i in qa.objects for p in object_patches(scene.objects[i])}))
+    return QAPool(toks, ans, qt, pt)
 
 
 @torch.no_grad()
@@ -105,17 +125,22 @@ def cache_features(
 def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, image_id: int, eos_id: int, pad_id: int):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
-    Returns a dict with ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids``
-    (B, L), ``targets`` (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``) and ``answer_pos``
-    (list of (row, position of ``answer:``) in order)."""
+    Items may carry a third element, the image patches the answer is about. Returns a dict with ``input_ids``
+    (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets`` (B, L) (−100
+    except at ``answer:`` → answer and answer → ``</s>``) and ``ground``: ``(row, position of answer:,
+    sequence positions of its patches)`` for the items that have patches."""
     P = 1 + N_IMAGE_TOKENS
     rows = []
-    for qas in items:
+    ground: list[tuple[int, int, list[int]]] = []
+    for row, qas in enumerate(items):
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
         seg = [0] * P
         pos = list(range(P))
         tgt = [-100] * P
-        for k, (q, a) in enumerate(qas, start=1):
+        for k, qa in enumerate(qas, start=1):
+            q, a = qa[0], qa[1]
+            if len(qa) > 2 and qa[2]:  # patches the answer is about: the answer: position should look at them
+                ground.append((row, len(ids) + len(q) - 1, [1 + p for p in qa[2]]))
             s = q + [a, eos_id]
             ids += s
             seg += [k] * len(s)
@@ -138,20 +163,82 @@ def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, im
     sq, sk = segs[:, :, None], segs[:, None, :]
     allowed = ((sk == 0) | (sk == sq)) & (sk >= 0) & causal
     allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty rows)
-    return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets}
+    return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets,
+            "ground": ground}
 
 
-def packed_logits(model, feats: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``."""
+def feature_stats(feats: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (float32) of cached tower features ``(N, 576, C)``."""
+    total = torch.zeros(feats.shape[-1], dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    count = 0
+    for start in range(0, feats.shape[0], chunk):
+        x = feats[start : start + chunk].reshape(-1, feats.shape[-1]).double()
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+        count += x.shape[0]
+    mean = total / max(count, 1)
+    var = (sq / max(count, 1) - mean * mean).clamp(min=0)
+    return mean.float(), var.sqrt().float().clamp(min=1e-4)
+
+
+@torch.no_grad()
+def fold_feature_norm(model, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold the training-time standardisation ``(x - mean) / std`` into the projector's first linear layer, so
+    the stock model (fed raw tower features) computes exactly what training computed:
+    ``W (x - m) / s + b = (W / s) x + (b - (W / s) m)``."""
+    lin = model.model.multi_modal_projector.linear_1
+    w = lin.weight.float() / std[None, :]
+    lin.weight.copy_(w.to(lin.weight.dtype))
+    lin.bias.copy_((lin.bias.float() - w @ mean).to(lin.bias.dtype))
+
+
+def packed_logits(model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None):
+    """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``. ``norm``:
+    optional ``(mean, std)`` standardising the features before the projector (training only).
+
+    With ``ground_layer`` (the LM must run with eager attention), also returns the grounding loss: the mean over
+    ``batch["ground"]`` of ``-log`` (attention mass of head 0 of that layer, at the ``answer:`` position, on
+    the patches of the objects the answer is about) — a training-only aid that teaches the question to find its
+    objects among the 576 image tokens (the model stays a stock LLaVA)."""
     inner = model.model
     emb = inner.get_input_embeddings()(batch["input_ids"])
-    proj = inner.multi_modal_projector(feats.to(emb.dtype))
+    feats = feats.to(emb.dtype)
+    if norm is not None:
+        feats = (feats - norm[0]) / norm[1]
+    proj = inner.multi_modal_projector(feats)
     emb = torch.cat([emb[:, :1], proj, emb[:, 1 + N_IMAGE_TOKENS :]], dim=1)
-    hidden = inner.language_model(
-        inputs_embeds=emb, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False
-    ).last_hidden_state
+    captured: list[torch.Tensor] = []
+    handle = None
+    if ground_layer is not None:
+        attn = inner.language_model.layers[ground_layer].self_attn
+        handle = attn.register_forward_hook(lambda _m, _a, out: captured.append(out[1]))
+    allowed = batch["attention_mask"]  # a custom 4-D mask reaches the attention as given: make it additive
+    additive = torch.zeros(allowed.shape, dtype=emb.dtype).masked_fill(~allowed, torch.finfo(emb.dtype).min)
+    try:
+        hidden = inner.language_model(
+            inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"], use_cache=False
+        ).last_hidden_state
+    finally:
+        if handle is not None:
+            handle.remove()
     sel = batch["targets"] != -100
-    return model.lm_head(hidden[sel]), batch["targets"][sel]
+    logits, targets = model.lm_head(hidden[sel]), batch["targets"][sel]
+    if ground_layer is None:
+        return logits, targets
+    if not captured or captured[0] is None:
+        raise RuntimeError("grounding needs the attention weights: run the LM with attn_implementation='eager'")
+    items = batch.get("ground", [])
+    if not items:
+        return logits, targets, logits.new_zeros(())
+    # one gather for all (row, query, key) triples, then a per-question sum (indexing per question would make
+    # autograd write a full (B, L, L) gradient per question)
+    rows = torch.tensor([r for r, _, pos in items for _ in pos])
+    queries = torch.tensor([q for _, q, pos in items for _ in pos])
+    keys = torch.tensor([p for _, _, pos in items for p in pos])
+    group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
+    mass = captured[0][:, 0].new_zeros(len(items)).index_add(0, group, captured[0][:, 0][rows, queries, keys])
+    return logits, targets, -torch.log(mass.clamp(min=1e-6)).mean()
 
 
 def _ids(tokenizer):
@@ -164,7 +251,9 @@ def _ids(tokenizer):
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], batch_size: int = 8) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], batch_size: int = 8, norm=None
+) -> dict[str, float]:
     """Greedy answer accuracy (next token after ``answer:``) per question type and overall, on every pooled
     question, through the packed path (each question computed as if alone)."""
     model.eval()
@@ -172,7 +261,7 @@ def evaluate(model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], bat
     for start in range(0, len(pools), batch_size):
         ps = pools[start : start + batch_size]
         batch = pack_batch([list(zip(p.tokens, p.answers)) for p in ps], **_ids(tokenizer))
-        logits, tgt = packed_logits(model, feats[start : start + len(ps)], batch)
+        logits, tgt = packed_logits(model, feats[start : start + len(ps)], batch, norm)
         pred = logits[0::2].argmax(-1)  # answer positions (every other target; the next one is </s>)
         qtypes = [q for p in ps for q in p.qtypes]
         for qt, ok in zip(qtypes, (pred == tgt[0::2]).tolist()):
@@ -184,16 +273,16 @@ def evaluate(model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], bat
 
 def train(
     out_dir: Optional[str],
-    n_images: int = 300,
-    qa_per_image: int = 8,
-    steps: int = 300,
+    n_images: int = 1500,
+    qa_per_image: int = 16,
+    steps: int = 1000,
     batch_size: int = 8,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     seed: int = 0,
     *,
-    n_val: int = 64,
+    n_val: int = 128,
     variants: int = 3,
-    warmup: float = 0.05,
+    warmup: float = 0.03,
     weight_decay: float = 0.01,
     eval_every: int = 100,
     cache_batch: int = 8,
@@ -201,12 +290,19 @@ def train(
     progress: bool = True,
     lm: Optional[dict] = None,
     features=None,
+    standardize: bool = True,
+    ground: float = 1.0,
+    ground_layer: int = 1,
     log=print,
 ):
     """Train projector + LM; returns ``(model, tokenizer, history)`` and saves to ``out_dir`` (when not None).
 
     ``batch_size`` images per step, ``qa_per_image`` questions each (drawn from a pool of ``variants`` question
-    sets per image). ``features``: optional ``(train_feats, train_pools, val_feats, val_pools)`` to skip caching."""
+    sets per image). ``features``: optional ``(train_feats, train_pools, val_feats, val_pools)`` to skip caching.
+    ``standardize``: train on per-channel standardised features (DINOv2's channels share a large mean that would
+    make all image tokens look alike) and fold the statistics into the projector at the end. ``ground``: weight
+    of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; the LM then trains
+    with eager attention (switched back to sdpa at the end)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -226,8 +322,11 @@ def train(
         tr_f, tr_p, va_f, va_p = features
     cache_s = time.perf_counter() - t0
     n_cached = len(tr_p) + len(va_p)
+    norm = feature_stats(tr_f) if standardize else None
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
+    if ground:
+        model.set_attn_implementation("eager")
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -242,6 +341,12 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    meta = dict(
+        n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
+        warmup=warmup, weight_decay=weight_decay, standardize=standardize, lm=dict(lm or {}), ground=ground,
+        ground_layer=ground_layer,
+    )
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
@@ -258,10 +363,14 @@ def train(
         for i in idx:
             p = tr_p[i]
             pick = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
-            items.append([(p.tokens[j], p.answers[j]) for j in pick])
+            items.append([(p.tokens[j], p.answers[j], p.patches[j] if ground else []) for j in pick])
         batch = pack_batch(items, **ids)
-        logits, tgt = packed_logits(model, tr_f[idx], batch)
-        loss = F.cross_entropy(logits.float(), tgt)
+        if ground:
+            logits, tgt, g_loss = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer)
+            loss = F.cross_entropy(logits.float(), tgt) + ground * g_loss
+        else:
+            logits, tgt = packed_logits(model, tr_f[idx], batch, norm)
+            loss = F.cross_entropy(logits.float(), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -270,43 +379,46 @@ def train(
         history["loss"].append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(va_p):
-            acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size)
+            acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm)
             history["val"].append((step + 1, acc))
             log(f"step {step + 1}: loss {np.mean(history['loss'][-eval_every:]):.3f} val " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            if out_dir is not None and step + 1 < steps:  # a usable checkpoint at every validation
+                _save(model, tokenizer, out_dir, norm, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
     bar.close()
     history["step_s"] = (time.perf_counter() - t1) / max(steps, 1)
     model.eval()
+    if ground:
+        model.set_attn_implementation("sdpa")
+    if norm is not None:
+        fold_feature_norm(model, *norm)
     if out_dir is not None:
-        meta = dict(
-            n_images=n_images, qa_per_image=qa_per_image, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-            n_val=n_val, variants=variants, final_loss=history["loss"][-1] if history["loss"] else None,
-            val=history["val"][-1][1] if history["val"] else None,
-        )
-        save_demo_model(model, tokenizer, out_dir, extra=meta)
+        save_demo_model(model, tokenizer, out_dir, extra=dict(
+            meta, steps_done=steps, val=history["val"][-1][1] if history["val"] else None,
+            loss=history["loss"][-1] if history["loss"] else None, step_s=history["step_s"], cache_s=cache_s,
+            val_curve=history["val"],
+        ))
     return model, tokenizer, history
 
 
+def _save(model, tokenizer, out_dir: str, norm, meta: dict) -> None:
+    """Save a copy of ``model`` with the feature standardisation folded in (training continues on ``model``)."""
+    import copy
+
+    snap = copy.deepcopy(model)
+    snap.eval()
+    snap.set_attn_implementation("sdpa")
+    if norm is not None:
+        fold_feature_norm(snap, *norm)
+    save_demo_model(snap, tokenizer, out_dir, extra=meta)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="slimvlm demo train", description="Train the demo VLM (projector + small Llama LM).")
-    ap.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, tokenizer)")
-    ap.add_argument("--images", type=int, default=2000, help="training scenes (tower run once each)")
-    ap.add_argument("--qa-per-image", type=int, default=8)
-    ap.add_argument("--variants", type=int, default=3, help="question sets drawn per image")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=8, help="images per step")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--val", type=int, default=64, help="validation scenes")
-    ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    train(
-        a.out, n_images=a.images, qa_per_image=a.qa_per_image, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-        seed=a.seed, n_val=a.val, variants=a.variants, eval_every=a.eval_every, threads=a.threads,
-        progress=not a.no_progress,
-    )
-    return 0
+    """``python -m slimvlm.demo.train ARGS`` = ``slimvlm demo train ARGS``."""
+    import sys
+
+    from ..cli import main as cli_main
+
+    return cli_main(["demo", "train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

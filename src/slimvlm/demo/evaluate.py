@@ -1,0 +1,308 @@
+"""Accuracy of the demo VLM against the visual tokens each method keeps (``slimvlm eval``).
+
+The papers' Tables 4/5 in miniature: every method runs through the real pipeline (``slimvlm.apply``) on the
+stock demo model, on scenes of the generated *test* split (seeds never used in training), at equal budgets.
+The vision tower runs once per scene and encoding (:func:`slimvlm.pipeline.encode`) and is shared by every
+method that reads the same tower outputs; all questions of a scene go through the LLM as one batch.
+
+Two token counts are recorded per run: ``tokens_llm``, the visual tokens entering the language model, and
+``tokens_per_layer``, their mean over the LLM's layers (what the prefill cost follows; equal to ``tokens_llm``
+except for the in-LLM methods AIM and FastV). Plots use ``tokens_per_layer``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import scenes
+from .model import N_IMAGE_TOKENS, make_inputs, prompt_text
+
+__all__ = [
+    "BUDGETS",
+    "METHODS",
+    "EvalRun",
+    "EvalResult",
+    "default_runs",
+    "evaluate_runs",
+    "write_csv",
+    "read_csv",
+    "plot",
+    "markdown_table",
+]
+
+#: the fixed budgets of the comparison (the full 576 is the ``none`` row).
+BUDGETS = (144, 64, 32)
+#: plot lines, in legend order: label -> method name.
+METHODS: dict[str, str] = {
+    "none": "none",
+    "prumerge": "prumerge",
+    "prumerge+": "prumerge+",
+    "aim (merge)": "aim-merge",
+    "aim (merge+prune)": "aim",
+    "tome": "tome",
+    "visionzip": "visionzip",
+    "fastv": "fastv",
+    "spatial": "spatial",
+    "sequential": "sequential",
+    "random": "random",
+}
+#: methods that also run with their own adaptive budget (no keep=).
+ADAPTIVE = ("prumerge", "prumerge+")
+#: FastV's K on the demo's 4-layer LM (the paper's K=2 is of 32 layers; the decision must come early).
+FASTV_K = 1
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """One point of the comparison: a plot line ``label``, the pipeline method and its options, and the budget
+    asked for (None: the method's own adaptive count, or all 576 for ``none``)."""
+
+    label: str
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    budget: Optional[int] = None
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of one :class:`EvalRun`: overall, per question type and on small-object questions."""
+
+    run: EvalRun
+    n: int
+    accuracy: float
+    per_type: dict[str, float]
+    small: float
+    n_small: int
+    tokens_llm: float
+    tokens_per_layer: float
+
+    def row(self) -> dict[str, Any]:
+        out = {
+            "label": self.run.label,
+            "method": self.run.method,
+            "options": json.dumps(dict(self.run.options), sort_keys=True),
+            "budget": "adaptive" if self.run.budget is None and self.run.method != "none" else (self.run.budget or N_IMAGE_TOKENS),
+            "tokens_llm": round(self.tokens_llm, 2),
+            "tokens_per_layer": round(self.tokens_per_layer, 2),
+            "n": self.n,
+            "accuracy": round(self.accuracy, 4),
+        }
+        for qt in scenes.QTYPES:
+            out[f"acc_{qt}"] = round(self.per_type.get(qt, float("nan")), 4)
+        out["acc_small"] = round(self.small, 4)
+        out["n_small"] = self.n_small
+        return out
+
+
+def _budget_options(method: str, budget: int) -> dict[str, Any]:
+    if method == "fastv":
+        return {"k": FASTV_K, "r": 1.0 - budget / N_IMAGE_TOKENS}
+    return {"keep": budget}
+
+
+def default_runs(
+    budgets: Sequence[int] = BUDGETS, labels: Optional[Iterable[str]] = None, adaptive: bool = True
+) -> list[EvalRun]:
+    """``none`` at 576, every other line of :data:`METHODS` at each budget, PruMerge / PruMerge+ also adaptive.
+
+    FastV keeps all tokens for its first :data:`FASTV_K` layer(s), then ``budget`` (``r = 1 - budget/576``);
+    AIM (merge+prune) merges to ``budget`` before the LLM, then prunes with its default schedule."""
+    labels = list(METHODS) if labels is None else list(labels)
+    unknown = [lab for lab in labels if lab not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown eval line(s) {unknown}; choose from {list(METHODS)}")
+    for b in budgets:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= N_IMAGE_TOKENS:
+            raise ValueError(f"budgets must be ints in [1, {N_IMAGE_TOKENS}], got {b!r}")
+    runs = []
+    for label in labels:
+        method = METHODS[label]
+        if method == "none":
+            runs.append(EvalRun(label, method, {}, None))
+            continue
+        if adaptive and method in ADAPTIVE:
+            runs.append(EvalRun(label, method, {}, None))
+        runs.extend(EvalRun(label, method, _budget_options(method, b), b) for b in budgets)
+    return runs
+
+
+def _mean_tokens_per_layer(runner: Any, tokens_llm: int) -> float:
+    """Visual tokens per LLM layer, averaged over the layers (the in-LLM pruner's schedule, else constant)."""
+    pruner = getattr(runner, "pruner", None)
+    if pruner is None:
+        return float(tokens_llm)
+    return float(np.mean([pruner.schedule.count(tokens_llm, layer) for layer in range(len(pruner.layers))]))
+
+
+@torch.no_grad()
+def evaluate_runs(
+    model: Any,
+    tokenizer: Any,
+    runs: Sequence[EvalRun],
+    seeds: Iterable[int],
+    *,
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Accuracy of every run on the scenes ``seeds`` (all of each scene's questions). Greedy one-word answer:
+    the argmax of the next token after ``answer:``."""
+    from tqdm.auto import tqdm
+
+    from ..pipeline import apply, encode, encoding_key
+
+    runners = [apply(model, r.method, **r.options) for r in runs]
+    keys = [encoding_key(model, r.method) for r in runs]
+    hits: list[list[tuple[str, bool, bool]]] = [[] for _ in runs]
+    tokens: list[list[tuple[int, float]]] = [[] for _ in runs]
+    seeds = list(seeds)
+    for seed in tqdm(seeds, desc="evaluating", unit="scene", disable=not progress):
+        scene = scenes.make_scene(seed)
+        qas = scenes.questions(scene)
+        one = make_inputs(model, tokenizer, [scene], [qas[0].question])  # the scene's pixels, encoded once
+        ids = tokenizer([prompt_text(qa.question) for qa in qas], padding=True, return_tensors="pt", add_special_tokens=False)
+        batch = {
+            "input_ids": ids["input_ids"],
+            "attention_mask": ids["attention_mask"],
+            "pixel_values": one["pixel_values"].expand(len(qas), -1, -1, -1),
+        }
+        encoded: dict[Any, Any] = {}
+        for i, (run, runner) in enumerate(zip(runs, runners)):
+            key = keys[i]
+            if key not in encoded:
+                encoded[key] = encode(model, one, run.method)[0]
+            logits = runner(**batch, items=[encoded[key]] * len(qas)).logits[:, -1]
+            pred = tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+            hits[i].extend((qa.qtype, p == qa.answer, qa.small) for qa, p in zip(qas, pred))
+            kept = runner.last_stats[0].tokens_after  # the same scene in every row
+            tokens[i].extend([(kept, _mean_tokens_per_layer(runner, kept))] * len(qas))  # averaged per question
+    results = []
+    for run, h, t in zip(runs, hits, tokens):
+        per_type = {qt: float(np.mean([ok for q, ok, _ in h if q == qt])) for qt in scenes.QTYPES if any(q == qt for q, _, _ in h)}
+        small = [ok for _, ok, s in h if s]
+        results.append(
+            EvalResult(
+                run=run,
+                n=len(h),
+                accuracy=float(np.mean([ok for _, ok, _ in h])) if h else float("nan"),
+                per_type=per_type,
+                small=float(np.mean(small)) if small else float("nan"),
+                n_small=len(small),
+                tokens_llm=float(np.mean([a for a, _ in t])) if t else float("nan"),
+                tokens_per_layer=float(np.mean([b for _, b in t])) if t else float("nan"),
+            )
+        )
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+_NUMERIC = ("tokens_llm", "tokens_per_layer", "accuracy", "acc_small") + tuple(f"acc_{qt}" for qt in scenes.QTYPES)
+
+
+def write_csv(results: Sequence[EvalResult], path: str) -> None:
+    """One row per run (see :meth:`EvalResult.row`)."""
+    rows = [r.row() for r in results]
+    if not rows:
+        raise ValueError("no results to write")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_csv`, numbers parsed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for k in _NUMERIC:
+            if k in row:
+                row[k] = float(row[k])
+        for k in ("n", "n_small"):
+            if k in row:
+                row[k] = int(row[k])
+    return rows
+
+
+def _rows(results: Sequence[Any]) -> list[dict[str, Any]]:
+    return [r.row() if isinstance(r, EvalResult) else dict(r) for r in results]
+
+
+def plot(results: Sequence[Any], path: str, title: Optional[str] = None) -> None:
+    """Accuracy (left: all questions, right: small-object questions) against visual tokens per LLM layer, one
+    line per method, log-scale x; adaptive runs as open markers; the unreduced model as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(results)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    labels = [lab for lab in dict.fromkeys(r["label"] for r in rows) if lab != "none"]
+    cmap = plt.get_cmap("tab10")
+    markers = "osD^v<>phX*"
+    for ax, key, name in ((axes[0], "accuracy", "all questions"), (axes[1], "acc_small", "small-object questions")):
+        for r in rows:
+            if r["label"] == "none":
+                ax.axhline(float(r[key]), color="black", ls="--", lw=1, label="none (576)")
+        for j, lab in enumerate(labels):
+            pts = sorted((float(r["tokens_per_layer"]), float(r[key])) for r in rows if r["label"] == lab and r["budget"] != "adaptive")
+            color, marker = cmap(j % 10), markers[j % len(markers)]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, color=color, label=lab, lw=1.4, ms=5)
+            for r in rows:
+                if r["label"] == lab and r["budget"] == "adaptive":
+                    ax.plot(float(r["tokens_per_layer"]), float(r[key]), marker=marker, mfc="none", color=color, ms=9, mew=1.6,
+                            ls="none", label=f"{lab} (adaptive)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("visual tokens per LLM layer (mean)")
+        ax.set_ylabel(f"accuracy, {name}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right", ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(results: Sequence[Any]) -> str:
+    """Accuracy (%) per line × budget, and per question type at the full budget and at the smallest one."""
+    rows = _rows(results)
+    budgets: list[Any] = []
+    for r in rows:
+        if r["budget"] not in budgets:
+            budgets.append(r["budget"])
+    order = sorted(budgets, key=lambda b: (b == "adaptive", -int(b) if b != "adaptive" else 0))
+    lines = ["| method | " + " | ".join(f"{b} tokens" if b != "adaptive" else "adaptive (tokens)" for b in order) + " | small-object @ 64 |"]
+    lines.append("|---" * (len(order) + 2) + "|")
+    for lab in dict.fromkeys(r["label"] for r in rows):
+        cells = []
+        small = ""
+        for b in order:
+            hit = [r for r in rows if r["label"] == lab and r["budget"] == b]
+            if not hit:
+                cells.append("")
+                continue
+            r = hit[0]
+            cell = f"{100 * float(r['accuracy']):.1f}"
+            if b == "adaptive":
+                cell += f" ({float(r['tokens_llm']):.0f})"
+            elif lab.startswith("aim (merge+prune)") or r["method"] == "fastv":
+                cell += f" ({float(r['tokens_per_layer']):.0f}/layer)"
+            cells.append(cell)
+            if str(b) == "64":
+                small = f"{100 * float(r['acc_small']):.1f}"
+        if lab == "none":
+            small = f"{100 * float([r for r in rows if r['label'] == 'none'][0]['acc_small']):.1f} (576)"
+        lines.append(f"| {lab} | " + " | ".join(cells) + f" | {small} |")
+    return "\n".join(lines) + "\n"

