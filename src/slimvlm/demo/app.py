@@ -20,8 +20,9 @@ __all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "load_shipped", "reductio
 
 #: the shipped, trained weights (projector + LM + tokenizer; see weights/training.json for how they were made).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: the scene the demo shows by default: a test-split seed (never trained on) with a digit and small objects.
-DEMO_SEED = 20_000_000
+#: the scene the demo shows by default: a test-split seed (never trained on) with five objects (three small), digits
+#: and all six question types (picked from the scenes alone, before looking at any answer).
+DEMO_SEED = 20_000_003
 #: method name -> options of the demo's default comparison.
 DEMO_METHODS: dict[str, dict[str, Any]] = {"none": {}, "prumerge+": {}, "aim": {}}
 
