@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import scenes
-from .model import load_demo_model, make_inputs, prompt_text
+from .model import N_IMAGE_TOKENS, load_demo_model, make_inputs, prompt_text
 
 __all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "load_shipped", "reductions_of", "run_demo"]
 
@@ -143,6 +143,11 @@ def run_demo(
         speed = f"{row.prefill_speedup:.2f}x" if row.prefill_speedup else "-"
         echo(f"{row.label:<14}{kept[row.label]:<34}{1e3 * row.prefill_s:>8.1f} ms{'':<17}{speed}")
     echo(f"(float32, {threads} thread(s), one question, {bench.cpu_name()}; prefill = the stock LLM forward on the reduced prompt)")
+    for label, count in kept.items():
+        if label != "none" and count == str(N_IMAGE_TOKENS):
+            why = (" (on DINOv2 the IQR rule flags many outliers and the sampling stride int(int(576/m)/3) falls to 1)"
+                   if label.startswith("prumerge+") else "")
+            echo(f"note: {label} kept every token on this image: its adaptive rule decided so{why}; pass --keep N for a budget")
 
     path = None
     if out:
