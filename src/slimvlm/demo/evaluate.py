@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import scenes
-from .model import N_IMAGE_TOKENS, make_inputs, prompt_text
+from .model import N_IMAGE_TOKENS, scene_inputs
 
 __all__ = [
     "BUDGETS",
@@ -31,6 +31,7 @@ __all__ = [
     "EvalRun",
     "EvalResult",
     "default_runs",
+    "tokens_per_layer",
     "evaluate_runs",
     "write_csv",
     "read_csv",
@@ -134,12 +135,18 @@ def default_runs(
     return runs
 
 
-def _mean_tokens_per_layer(runner: Any, tokens_llm: int) -> float:
-    """Visual tokens per LLM layer, averaged over the layers (the in-LLM pruner's schedule, else constant)."""
+def tokens_per_layer(runner: Any, tokens_llm: int) -> list[int] | None:
+    """Visual tokens in each LLM layer for ``tokens_llm`` entering it, under the runner's in-LLM pruning schedule
+    (AIM, FastV); None for a method without one (every layer sees ``tokens_llm``)."""
     pruner = getattr(runner, "pruner", None)
     if pruner is None:
-        return float(tokens_llm)
-    return float(np.mean([pruner.schedule.count(tokens_llm, layer) for layer in range(len(pruner.layers))]))
+        return None
+    return [pruner.schedule.count(tokens_llm, layer) for layer in range(len(pruner.layers))]
+
+
+def _mean_tokens_per_layer(runner: Any, tokens_llm: int) -> float:
+    counts = tokens_per_layer(runner, tokens_llm)
+    return float(tokens_llm) if counts is None else float(np.mean(counts))
 
 
 @torch.no_grad()
@@ -165,13 +172,7 @@ def evaluate_runs(
     for seed in tqdm(seeds, desc="evaluating", unit="scene", disable=not progress):
         scene = scenes.make_scene(seed)
         qas = scenes.questions(scene)
-        one = make_inputs(model, tokenizer, [scene], [qas[0].question])  # the scene's pixels, encoded once
-        ids = tokenizer([prompt_text(qa.question) for qa in qas], padding=True, return_tensors="pt", add_special_tokens=False)
-        batch = {
-            "input_ids": ids["input_ids"],
-            "attention_mask": ids["attention_mask"],
-            "pixel_values": one["pixel_values"].expand(len(qas), -1, -1, -1),
-        }
+        one, batch = scene_inputs(model, tokenizer, scene, [qa.question for qa in qas])  # the scene encoded once
         encoded: dict[Any, Any] = {}
         for i, (run, runner) in enumerate(zip(runs, runners)):
             key = keys[i]
@@ -297,7 +298,7 @@ def markdown_table(results: Sequence[Any]) -> str:
             cell = f"{100 * float(r['accuracy']):.1f}"
             if b == "adaptive":
                 cell += f" ({float(r['tokens_llm']):.0f})"
-            elif lab.startswith("aim (merge+prune)") or r["method"] == "fastv":
+            elif float(r["tokens_per_layer"]) != float(r["tokens_llm"]):  # pruned inside the LLM
                 cell += f" ({float(r['tokens_per_layer']):.0f}/layer)"
             cells.append(cell)
             if str(b) == "64":

@@ -33,6 +33,7 @@ __all__ = [
     "prompt_text",
     "to_pixels",
     "make_inputs",
+    "scene_inputs",
     "predict",
     "save_demo_model",
     "load_demo_model",
@@ -231,6 +232,20 @@ def make_inputs(model, tokenizer, images: Sequence[Any], questions: Sequence[str
     return BatchFeature(
         {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pixel_values": to_pixels(images).to(dtype)}
     )
+
+
+def scene_inputs(model, tokenizer, scene: Any, questions: Sequence[str]):
+    """Several questions about one image: ``(one, batch)`` where ``one`` is :func:`make_inputs` for the first
+    question (its pixels are what :func:`slimvlm.pipeline.encode` needs) and ``batch`` holds every question,
+    left-padded, with those pixels expanded (not copied) to one row per question."""
+    one = make_inputs(model, tokenizer, [scene], [questions[0]])
+    ids = tokenizer([prompt_text(q) for q in questions], padding=True, return_tensors="pt", add_special_tokens=False)
+    batch = {
+        "input_ids": ids["input_ids"],
+        "attention_mask": ids["attention_mask"],
+        "pixel_values": one["pixel_values"].expand(len(questions), -1, -1, -1),
+    }
+    return one, batch
 
 
 @torch.no_grad()
