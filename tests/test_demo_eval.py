@@ -116,6 +116,33 @@ def test_fold_feature_norm_is_exact(built):
     assert torch.allclose(before, after, atol=1e-4)
 
 
+def test_phrase_mixing_folds_exactly(built):
+    """A phrase token trains as its own row + its two words' rows; folding the mix into the embedding table
+    gives the stock model the same logits, and the stock table's phrase row is that sum (a literal check)."""
+    from slimvlm.demo.model import PHRASES
+    from slimvlm.demo.train import fold_phrase_mixing, phrase_mixing
+
+    model, tok = built
+    model = copy.deepcopy(model)
+    feats, pools = cache_features(TEST_SEEDS, tok, tower=model.model.vision_tower, progress=False)
+    batch = pack_batch([list(zip(p.tokens, p.answers)) for p in pools], **_ids(tok))
+    assert any(t in PHRASES for t in tok.convert_ids_to_tokens(batch["input_ids"].flatten().tolist()))
+    mix = phrase_mixing(tok)
+    table = model.model.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        plain, _ = packed_logits(model, feats, batch)
+        before, _ = packed_logits(model, feats, batch, mix=mix)
+        fold_phrase_mixing(model, mix)
+        after, _ = packed_logits(model, feats, batch)
+    assert not torch.allclose(plain, before, atol=1e-4)  # the mix does change phrase embeddings
+    assert torch.allclose(before, after, atol=1e-5)
+    folded = model.model.get_input_embeddings().weight
+    row = lambda t: tok.convert_tokens_to_ids(t)  # noqa: E731
+    assert torch.allclose(folded[row("red circle")], table[row("red circle")] + table[row("red")] + table[row("circle")], atol=1e-6)
+    assert torch.allclose(folded[row("blue objects")], table[row("blue objects")] + table[row("blue")] + table[row("objects")], atol=1e-6)
+    assert torch.equal(folded[row("circle")], table[row("circle")]) and torch.equal(folded[row("yes")], table[row("yes")])
+
+
 # ----------------------------------------------------------------------------------------------- eval
 
 

@@ -18,6 +18,7 @@ from slimvlm.assets import load_dinov2_small  # noqa: E402
 from slimvlm.demo import scenes  # noqa: E402
 from slimvlm.demo.model import (  # noqa: E402
     N_IMAGE_TOKENS,
+    PHRASES,
     build_demo_model,
     build_tokenizer,
     load_demo_model,
@@ -60,7 +61,13 @@ def test_tokenizer_round_trip(tmp_path):
         ids = tok(word, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] != tok.unk_token_id, word
         assert tok.decode(ids) == word
-    text = " ".join(scenes.VOCAB)
+    for phrase in PHRASES:  # one token, whatever the spacing and case
+        ids = tok(phrase.upper().replace(" ", "  "), add_special_tokens=False)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == [phrase]
+        assert tok.decode(ids) == phrase
+    assert tok.convert_ids_to_tokens(tok("how many red , blue circles?", add_special_tokens=False)["input_ids"]) == [
+        "how", "many", "red", ",", "blue", "circles", "?"]  # "blue circles" is no phrase; "red ," neither
+    text = " ".join(scenes.VOCAB + PHRASES)
     tok.save_pretrained(tmp_path)
     from transformers import PreTrainedTokenizerFast
 
@@ -140,22 +147,48 @@ def test_object_patches_brute_force():
             assert object_patches(obj) == want
 
 
-def test_question_pool_patches_follow_the_objects(built):
-    from slimvlm.demo.train import object_patches, question_pool
+def test_question_anchors_follow_the_objects(built):
+    """Anchors against the scene generator's own record of which objects a question is about (``qa.objects``):
+    the phrase that names them grounds on exactly their patches; absent things ground on nothing (``<s>``)."""
+    from slimvlm.demo.train import object_patches, question_anchors, question_pool
 
     _, tok = built
-    sc = scenes.make_scene(11)
-    pool = question_pool(sc, tok, variants=1)
-    qas = scenes.questions(sc)
-    assert len(pool.patches) == len(qas)
-    for qa, patches in zip(qas, pool.patches):
-        assert patches == sorted({p for i in qa.objects for p in object_patches(sc.objects[i])})
-        if qa.qtype == "exist" and qa.answer == "no":
-            assert patches == []
+
+    def patches(idx):
+        return sorted({p for i in idx for p in object_patches(sc.objects[i])})
+
+    seen = set()
+    for seed in range(40):
+        sc = scenes.make_scene(seed)
+        qas = scenes.questions(sc)
+        pool = question_pool(sc, tok, variants=1)
+        assert len(pool.anchors) == len(qas)
+        for qa, anchors in zip(qas, pool.anchors):
+            seen.add((qa.qtype, qa.answer == "no"))
+            ids = tok(" ".join(scenes.tokenize(qa.question)), add_special_tokens=False)["input_ids"]
+            tokens = tok.convert_ids_to_tokens(ids)
+            assert anchors == question_anchors(sc, qa, tokens)
+            if qa.qtype in ("exist", "where", "digit", "color_at"):
+                assert len(anchors) == 1, qa
+                k, got = anchors[0]
+                assert got == patches(qa.objects)  # exist "no": qa.objects is empty
+                if qa.qtype == "color_at":
+                    assert tokens[k] == qa.question.rstrip("?").split()[-1]
+                else:
+                    assert tokens[k] in PHRASES and tokens[k].split()[1] in scenes.KINDS
+            elif qa.qtype == "count":
+                assert len(anchors) == 1 and anchors[0][1] == patches(qa.objects)
+                assert len(qa.objects) == int(qa.answer)
+            else:  # larger: one anchor per named object, in the order the question names them
+                assert qa.qtype == "larger" and len(anchors) == 2
+                for k, got in anchors:
+                    (i,) = [i for i in qa.objects if sc.objects[i].name == tokens[k]]
+                    assert got == patches([i])
+    assert {("exist", True), ("exist", False), ("count", False), ("larger", False), ("digit", False)} <= seen
 
 
 def test_grounding_loss_equals_recorded_attention(built, cached):
-    """The grounding loss reads head 0 of the chosen layer at each answer: position; compare with the attention
+    """The grounding loss reads head 0 of the chosen layer at each anchor token; compare with the attention
     weights transformers itself returns (output_attentions, eager)."""
     import copy
 
@@ -163,14 +196,16 @@ def test_grounding_loss_equals_recorded_attention(built, cached):
     model = copy.deepcopy(model)
     model.set_attn_implementation("eager")
     feats, pools = cached
-    items = [list(zip(p.tokens, p.answers, p.patches)) for p in pools[:2]]
+    items = [list(zip(p.tokens, p.answers, p.anchors)) for p in pools[:2]]
     batch = pack_batch(items, **_ids(tok))
-    assert len(batch["ground"]) == sum(1 for p in pools[:2] for x in p.patches if x)
-    for row, qpos, pos in batch["ground"]:
-        assert tok.convert_ids_to_tokens(int(batch["input_ids"][row, qpos])) == "answer:"
-        assert all(1 <= q <= N_IMAGE_TOKENS for q in pos)
+    anchors = [a for p in pools[:2] for q in p.anchors for a in q]
+    assert len(batch["ground"]) == len(anchors) > 0
+    for (row, qpos, pos), (_, patches) in zip(batch["ground"], anchors):
+        word = tok.convert_ids_to_tokens(int(batch["input_ids"][row, qpos]))
+        assert word in PHRASES or word in scenes.PLACES or word in scenes.PLURALS.values() or word == "objects"
+        assert pos == ([1 + p for p in patches] if patches else [0])
     with torch.no_grad():
-        _, _, loss = packed_logits(model, feats[:2], batch, ground_layer=1)
+        _, _, aux = packed_logits(model, feats[:2], batch, ground_layer=1)
         inner = model.model
         emb = inner.get_input_embeddings()(batch["input_ids"])
         emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[:2].float())
@@ -178,8 +213,16 @@ def test_grounding_loss_equals_recorded_attention(built, cached):
         out = inner.language_model(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"],
                                    output_attentions=True, use_cache=False)
         attn = out.attentions[1]
+        final = model.lm_head(out.last_hidden_state)
     want = torch.stack([-torch.log(attn[r, 0, q, pos].sum()) for r, q, pos in batch["ground"]]).mean()
-    assert torch.allclose(loss, want, atol=1e-5)
+    assert torch.allclose(aux["ground"], want, atol=1e-5)
+    # anchor answers: every one-anchor question, its answer predicted at the anchor token
+    one = [(q, a) for p in pools[:2] for q, a in zip(p.anchors, p.answers) if len(q) == 1]
+    assert [a for _, _, a in batch["anchor_answers"]] == [a for _, a in one] and one
+    anchor_pos = {(r, q) for r, q, _ in batch["ground"]}
+    assert all((r, q) in anchor_pos for r, q, _ in batch["anchor_answers"])
+    want_ce = torch.stack([-torch.log_softmax(final[r, q], -1)[a] for r, q, a in batch["anchor_answers"]]).mean()
+    assert torch.allclose(aux["anchor"], want_ce, atol=1e-5)
     model.set_attn_implementation("sdpa")
     with pytest.raises(RuntimeError, match="eager"):
         packed_logits(model, feats[:2], batch, ground_layer=1)

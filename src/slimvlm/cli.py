@@ -572,9 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8, help="scenes per step (default 8)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     t.add_argument("--ground", type=float, default=1.0,
-                   help="weight of the grounding loss: head 0 of one LM layer must look at the objects the answer is "
-                   "about (training-only; 0 = answers only; default 1.0)")
-    t.add_argument("--ground-layer", type=int, default=1, help="LM layer of the grounding head (default 1)")
+                   help="weight of the grounding losses: head 0 of one LM layer must look at the objects each question "
+                   "token names, and that token must predict the answer (training-only; 0 = answers only; default 1.0)")
+    t.add_argument("--ground-layer", type=int, default=0, help="LM layer of the grounding head (default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val", type=int, default=128, help="validation scenes (default 128)")
     t.add_argument("--eval-every", type=int, default=100, help="validate (and checkpoint) every N steps (default 100)")

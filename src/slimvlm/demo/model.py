@@ -4,7 +4,8 @@
   fed 336-px images (24×24 = 576 patches + [CLS]; ``Dinov2Model`` interpolates its 37×37 position embeddings),
   features from ``hidden_states[-2]`` with [CLS] dropped (``vision_feature_select_strategy="default"``);
 - LLaVA's 2-layer MLP projector (384 → D, GELU, D → D);
-- a small Llama-architecture language model with a word-level tokenizer over :data:`scenes.VOCAB`.
+- a small Llama-architecture language model with a word-level tokenizer over :data:`scenes.VOCAB` plus the
+  :data:`PHRASES` ("red circle", "red objects": one token each, as a BPE tokenizer merges frequent pairs).
 
 Prompt: ``<s> <image>×576 question words ? answer:``; the model answers with one word and ``</s>``.
 Projector and LM are trained by :mod:`slimvlm.demo.train`; the tower weights are never saved with them
@@ -27,6 +28,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "ANSWER_TOKEN",
     "LM_DEFAULTS",
+    "PHRASES",
     "build_tokenizer",
     "demo_config",
     "build_demo_model",
@@ -45,6 +47,10 @@ N_IMAGE_TOKENS = (IMAGE_SIZE // 14) ** 2  # 576
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)  # ids 0..4
 ANSWER_TOKEN = "answer:"
+#: two-word phrases the tokenizer keeps as one token: every "colour kind" and "colour objects". One token per
+#: thing a question names lets the language model look the thing up among the image tokens in one attention
+#: step (see ``slimvlm.demo.train.question_anchors``), which a from-scratch model learns far faster.
+PHRASES: tuple[str, ...] = tuple(f"{c} {k}" for c in scenes.COLORS for k in (*scenes.KINDS, "objects"))
 #: language-model size (Llama architecture); ~2.6 M parameters with the projector, ~10 MB in fp32.
 LM_DEFAULTS = dict(
     hidden_size=256,
@@ -56,6 +62,11 @@ LM_DEFAULTS = dict(
     # RoPE base 1e6 (as Qwen2) instead of 1e4: more of each head's dimensions stay nearly position-invariant
     # across the 576 image tokens, so the question can match image tokens by content.
     rope_theta=1_000_000.0,
+    # weights start at std 0.06, not Llama's 0.02: with 0.02 the RMS-normalised query's attention logits start
+    # ~0.1 and layer 0 stalls at ~35 % of its mass on the named object (grounding loss ~1.0 from step 100 on);
+    # at 0.06 the same run reaches 0.82 / 0.63 / 0.41 at steps 100 / 150 / 200
+    # (benchmarks/experiments/demo_training/README.md)
+    initializer_range=0.06,
 )
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -66,18 +77,25 @@ _TOWER_PREFIX = "model.vision_tower."
 
 
 def build_tokenizer():
-    """Word-level ``PreTrainedTokenizerFast``: specials at ids 0..4, then ``answer:``, then :data:`scenes.VOCAB`.
+    """Word-level ``PreTrainedTokenizerFast``: specials at ids 0..4, then ``answer:``, then :data:`scenes.VOCAB`,
+    then :data:`PHRASES`.
 
-    Lower-cases, splits on whitespace and isolates "?" and ","; ``<image>`` runs need no spaces. Deterministic."""
+    Lower-cases; a token is a phrase of :data:`PHRASES` (single spaces), else a run of non-space characters
+    other than "?" and ",", which are tokens of their own; ``<image>`` runs need no spaces. Deterministic."""
+    import re
+
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = list(SPECIAL_TOKENS) + [ANSWER_TOKEN] + [w for w in scenes.VOCAB if w != ANSWER_TOKEN]
+    words = list(SPECIAL_TOKENS) + [ANSWER_TOKEN] + [w for w in scenes.VOCAB if w != ANSWER_TOKEN] + list(PHRASES)
     vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[?,]"), behavior="isolated")]
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " ")])
+    first = "|".join(map(re.escape, scenes.COLORS))
+    second = "|".join(map(re.escape, (*scenes.KINDS, "objects")))
+    # invert=True: the pattern matches the tokens themselves, and what lies between (spaces) is dropped
+    tok.pre_tokenizer = pre_tokenizers.Split(
+        Regex(rf"\b(?:{first}) (?:{second})\b|[^\s?,]+|[?,]"), behavior="removed", invert=True
     )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     fast = PreTrainedTokenizerFast(

@@ -13,9 +13,13 @@ Two training-only aids, neither of which changes the shipped architecture (a sto
 
 - the tower features are standardised per channel (DINOv2's channels share a large mean), and the statistics are
   folded into the projector's first linear layer at the end (:func:`fold_feature_norm`);
-- a grounding loss: head 0 of LM layer 1, at the ``answer:`` position, is asked to put its attention on the patches
-  of the objects the answer is about (known from the scene generator). Without it, a from-scratch LM stayed at the
-  answer priors for hundreds of steps (it has to discover which of 576 image tokens matter); see ``train()``.
+- two grounding losses. The tokenizer keeps every thing a question names as one token ("red circle", "circles",
+  "red objects", "top-left"; see ``model.PHRASES``); head 0 of LM layer 0 at that token is asked to put its
+  attention on the patches of the objects it names (on ``<s>`` when there are none), and, when the question
+  names one thing, that token's own output is asked to predict the answer already (:func:`packed_logits`).
+  Without them a from-scratch LM stayed at the answer priors for hundreds of steps: it has to discover which of
+  576 image tokens matter, and then how to carry what it found to ``answer:``; see
+  ``benchmarks/experiments/demo_training/``.
 
 Everything is deterministic from the seed (fixed data order, ``torch.manual_seed``).
 """
@@ -41,7 +45,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "cache_features", "question_pool", "pack_batch", "packed_logits", "evaluate", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "pack_batch", "packed_logits", "evaluate", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -57,8 +61,8 @@ class QAPool:
     tokens: list[list[int]]
     answers: list[int]
     qtypes: list[str]
-    #: per question, the image patches (raster indices) covered by the objects its answer is about (may be empty)
-    patches: list[list[int]] = field(default_factory=list)
+    #: per question, its grounding anchors (:func:`question_anchors`): ``(word index, patches)`` pairs
+    anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
 
 
 def object_patches(obj) -> list[int]:
@@ -70,10 +74,42 @@ def object_patches(obj) -> list[int]:
     return [r * side + c for r in rows for c in cols]
 
 
+_SINGULAR = {plural: kind for kind, plural in scenes.PLURALS.items()}
+
+
+def question_anchors(scene, qa, tokens: Sequence[str]) -> list[tuple[int, list[int]]]:
+    """Where the question (as ``tokens``, the tokenizer's strings) names objects of ``scene``: ``(token index,
+    patches)`` per naming token — a phrase ``red circle`` (that colour and kind) or ``red objects`` (that
+    colour), a plural ``circles`` (that kind), ``objects`` (everything), or the place of a ``color_at``
+    question (the object ``qa`` is about) — with the patches of every object it matches; ``[]`` when none
+    does (the token should then look at ``<s>``).
+
+    Training-only: these are the targets of the grounding loss (:func:`packed_logits`)."""
+    objs = scene.objects
+
+    def patches_of(keep) -> list[int]:
+        return sorted({p for o in objs if keep(o) for p in object_patches(o)})
+
+    out = []
+    for k, tok in enumerate(tokens):
+        color, _, kind = tok.partition(" ")
+        if kind == "objects" and color in scenes.COLORS:
+            out.append((k, patches_of(lambda o: o.color == color)))
+        elif kind in scenes.KINDS and color in scenes.COLORS:
+            out.append((k, patches_of(lambda o: (o.color, o.kind) == (color, kind))))
+        elif tok in _SINGULAR:
+            out.append((k, patches_of(lambda o: o.kind == _SINGULAR[tok])))
+        elif tok == "objects":
+            out.append((k, patches_of(lambda o: True)))
+        elif tok in scenes.PLACES and qa.qtype == "color_at":
+            out.append((k, sorted({p for i in qa.objects for p in object_patches(objs[i])})))
+    return out
+
+
 def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
     """Unique questions of ``scene`` from ``scenes.questions`` with its default generator and ``variants - 1``
     extra seeded generators (more questions per cached image)."""
-    seen, toks, ans, qt, pt = set(), [], [], [], []
+    seen, toks, ans, qt, an = set(), [], [], [], []
     for v in range(variants):
         rng = None if v == 0 else np.random.default_rng([scene.seed, 0xDE30, v])
         for qa in scenes.questions(scene, rng):
@@ -84,8 +120,8 @@ def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
             toks.append(ids)
             ans.append(tokenizer.convert_tokens_to_ids(qa.answer))
             qt.append(qa.qtype)
-            pt.append(sorted({p for i in qa.objects for p in object_patches(scene.objects[i])}))
-    return QAPool(toks, ans, qt, pt)
+            an.append(question_anchors(scene, qa, tokenizer.convert_ids_to_tokens(ids[:-1])))
+    return QAPool(toks, ans, qt, an)
 
 
 @torch.no_grad()
@@ -125,13 +161,15 @@ def cache_features(
 def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, image_id: int, eos_id: int, pad_id: int):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
-    Items may carry a third element, the image patches the answer is about. Returns a dict with ``input_ids``
-    (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets`` (B, L) (−100
-    except at ``answer:`` → answer and answer → ``</s>``) and ``ground``: ``(row, position of answer:,
-    sequence positions of its patches)`` for the items that have patches."""
+    Items may carry a third element, the question's anchors (:func:`question_anchors`). Returns a dict with
+    ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets``
+    (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``), ``ground``: ``(row, sequence position
+    of the anchor token, sequence positions of its patches — ``[0]``, the ``<s>``, when it has none)`` and
+    ``anchor_answers``: ``(row, position of the anchor, answer id)`` for questions with exactly one anchor."""
     P = 1 + N_IMAGE_TOKENS
     rows = []
     ground: list[tuple[int, int, list[int]]] = []
+    anchor_answers: list[tuple[int, int, int]] = []
     for row, qas in enumerate(items):
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
         seg = [0] * P
@@ -139,8 +177,11 @@ def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, im
         tgt = [-100] * P
         for k, qa in enumerate(qas, start=1):
             q, a = qa[0], qa[1]
-            if len(qa) > 2 and qa[2]:  # patches the answer is about: the answer: position should look at them
-                ground.append((row, len(ids) + len(q) - 1, [1 + p for p in qa[2]]))
+            anchors = qa[2] if len(qa) > 2 else ()
+            for word, patches in anchors:  # anchors: that token should look at these patches
+                ground.append((row, len(ids) + word, [1 + p for p in patches] if patches else [0]))
+            if len(anchors) == 1:  # the one thing the question is about: its token should know the answer
+                anchor_answers.append((row, len(ids) + anchors[0][0], a))
             s = q + [a, eos_id]
             ids += s
             seg += [k] * len(s)
@@ -164,7 +205,7 @@ def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, im
     allowed = ((sk == 0) | (sk == sq)) & (sk >= 0) & causal
     allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty rows)
     return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets,
-            "ground": ground}
+            "ground": ground, "anchor_answers": anchor_answers}
 
 
 def feature_stats(feats: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,16 +234,48 @@ def fold_feature_norm(model, mean: torch.Tensor, std: torch.Tensor) -> None:
     lin.bias.copy_((lin.bias.float() - w @ mean).to(lin.bias.dtype))
 
 
-def packed_logits(model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None):
-    """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``. ``norm``:
-    optional ``(mean, std)`` standardising the features before the projector (training only).
+def phrase_mixing(tokenizer) -> torch.Tensor:
+    """``(V, V)`` matrix ``M`` with ``M @ E`` the embedding table trained through: identity, except that a phrase
+    token's row also adds its two words' rows (``"red circle"`` = own + ``red`` + ``circle``; plural-free
+    ``objects`` for ``"red objects"``). A training-only reparametrisation: phrase tokens share what their words
+    learn (56 phrases would otherwise each learn from 1/56 of the data); :func:`fold_phrase_mixing` bakes it
+    into the stock embedding table."""
+    from .model import PHRASES
 
-    With ``ground_layer`` (the LM must run with eager attention), also returns the grounding loss: the mean over
-    ``batch["ground"]`` of ``-log`` (attention mass of head 0 of that layer, at the ``answer:`` position, on
-    the patches of the objects the answer is about) — a training-only aid that teaches the question to find its
-    objects among the 576 image tokens (the model stays a stock LLaVA)."""
+    V = len(tokenizer)
+    mix = torch.eye(V)
+    for phrase in PHRASES:
+        row = tokenizer.convert_tokens_to_ids(phrase)
+        for word in phrase.split():
+            mix[row, tokenizer.convert_tokens_to_ids(word)] += 1.0
+    return mix
+
+
+@torch.no_grad()
+def fold_phrase_mixing(model, mix: torch.Tensor) -> None:
+    """``E <- M @ E``: the stock model then embeds every token exactly as training did."""
+    emb = model.model.get_input_embeddings().weight
+    emb.copy_((mix.to(emb.dtype) @ emb).to(emb.dtype))
+
+
+def packed_logits(
+    model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None, mix: Optional[torch.Tensor] = None
+):
+    """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``. ``norm``:
+    optional ``(mean, std)`` standardising the features before the projector (training only); ``mix``: optional
+    :func:`phrase_mixing` matrix applied to the embedding table (training only).
+
+    With ``ground_layer`` (the LM must run with eager attention), also returns a dict of two training-only
+    losses that teach a from-scratch LM to use the image (the model stays a stock LLaVA):
+
+    - ``"ground"``: the mean over ``batch["ground"]`` of ``-log`` (attention mass of head 0 of that layer, at an
+      anchor token, on the patches of the objects it names, or on ``<s>`` when there are none);
+    - ``"anchor"``: cross-entropy of the answer predicted (through ``lm_head``) at the anchor token of every
+      one-anchor question (``batch["anchor_answers"]``): the token that looked the thing up should know the
+      answer, so ``answer:`` only has to copy it from there."""
     inner = model.model
-    emb = inner.get_input_embeddings()(batch["input_ids"])
+    table = inner.get_input_embeddings().weight
+    emb = F.embedding(batch["input_ids"], table if mix is None else mix.to(table.dtype) @ table)
     feats = feats.to(emb.dtype)
     if norm is not None:
         feats = (feats - norm[0]) / norm[1]
@@ -228,17 +301,24 @@ def packed_logits(model, feats: torch.Tensor, batch: dict, norm=None, ground_lay
         return logits, targets
     if not captured or captured[0] is None:
         raise RuntimeError("grounding needs the attention weights: run the LM with attn_implementation='eager'")
+    aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(())}
     items = batch.get("ground", [])
-    if not items:
-        return logits, targets, logits.new_zeros(())
-    # one gather for all (row, query, key) triples, then a per-question sum (indexing per question would make
-    # autograd write a full (B, L, L) gradient per question)
-    rows = torch.tensor([r for r, _, pos in items for _ in pos])
-    queries = torch.tensor([q for _, q, pos in items for _ in pos])
-    keys = torch.tensor([p for _, _, pos in items for p in pos])
-    group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
-    mass = captured[0][:, 0].new_zeros(len(items)).index_add(0, group, captured[0][:, 0][rows, queries, keys])
-    return logits, targets, -torch.log(mass.clamp(min=1e-6)).mean()
+    if items:
+        # one gather for all (row, query, key) triples, then a per-anchor sum (indexing per anchor would make
+        # autograd write a full (B, L, L) gradient per anchor)
+        rows = torch.tensor([r for r, _, pos in items for _ in pos])
+        queries = torch.tensor([q for _, q, pos in items for _ in pos])
+        keys = torch.tensor([p for _, _, pos in items for p in pos])
+        group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
+        head = captured[0][:, 0]
+        mass = head.new_zeros(len(items)).index_add(0, group, head[rows, queries, keys])
+        aux["ground"] = -torch.log(mass.clamp(min=1e-6)).mean()
+    answers = batch.get("anchor_answers", [])
+    if answers:
+        at = torch.tensor([[r, q] for r, q, _ in answers])
+        anchor_logits = model.lm_head(hidden[at[:, 0], at[:, 1]])
+        aux["anchor"] = F.cross_entropy(anchor_logits.float(), torch.tensor([a for _, _, a in answers]))
+    return logits, targets, aux
 
 
 def _ids(tokenizer):
@@ -252,7 +332,7 @@ def _ids(tokenizer):
 
 @torch.no_grad()
 def evaluate(
-    model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], batch_size: int = 8, norm=None
+    model, tokenizer, feats: torch.Tensor, pools: Sequence[QAPool], batch_size: int = 8, norm=None, mix=None
 ) -> dict[str, float]:
     """Greedy answer accuracy (next token after ``answer:``) per question type and overall, on every pooled
     question, through the packed path (each question computed as if alone)."""
@@ -261,7 +341,7 @@ def evaluate(
     for start in range(0, len(pools), batch_size):
         ps = pools[start : start + batch_size]
         batch = pack_batch([list(zip(p.tokens, p.answers)) for p in ps], **_ids(tokenizer))
-        logits, tgt = packed_logits(model, feats[start : start + len(ps)], batch, norm)
+        logits, tgt = packed_logits(model, feats[start : start + len(ps)], batch, norm, mix=mix)
         pred = logits[0::2].argmax(-1)  # answer positions (every other target; the next one is </s>)
         qtypes = [q for p in ps for q in p.qtypes]
         for qt, ok in zip(qtypes, (pred == tgt[0::2]).tolist()):
@@ -291,8 +371,9 @@ def train(
     lm: Optional[dict] = None,
     features=None,
     standardize: bool = True,
+    compose_phrases: bool = True,
     ground: float = 1.0,
-    ground_layer: int = 1,
+    ground_layer: int = 0,
     log=print,
 ):
     """Train projector + LM; returns ``(model, tokenizer, history)`` and saves to ``out_dir`` (when not None).
@@ -323,6 +404,7 @@ def train(
     cache_s = time.perf_counter() - t0
     n_cached = len(tr_p) + len(va_p)
     norm = feature_stats(tr_f) if standardize else None
+    mix = phrase_mixing(tokenizer) if compose_phrases else None
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
     if ground:
@@ -344,13 +426,13 @@ def train(
     meta = dict(
         n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
-        warmup=warmup, weight_decay=weight_decay, standardize=standardize, lm=dict(lm or {}), ground=ground,
+        warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
         ground_layer=ground_layer,
     )
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
-    history = {"loss": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
+    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
     bar = _tqdm(range(steps), desc="training", unit="step", disable=not progress)
     t1 = time.perf_counter()
     for step in bar:
@@ -363,14 +445,17 @@ def train(
         for i in idx:
             p = tr_p[i]
             pick = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
-            items.append([(p.tokens[j], p.answers[j], p.patches[j] if ground else []) for j in pick])
+            items.append([(p.tokens[j], p.answers[j], p.anchors[j] if ground else ()) for j in pick])
         batch = pack_batch(items, **ids)
         if ground:
-            logits, tgt, g_loss = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer)
-            loss = F.cross_entropy(logits.float(), tgt) + ground * g_loss
+            logits, tgt, aux = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix)
         else:
-            logits, tgt = packed_logits(model, tr_f[idx], batch, norm)
-            loss = F.cross_entropy(logits.float(), tgt)
+            (logits, tgt), aux = packed_logits(model, tr_f[idx], batch, norm, mix=mix), {}
+        ce = F.cross_entropy(logits.float(), tgt)
+        loss = ce + ground * (aux["ground"] + aux["anchor"]) if aux else ce
+        history["ce"].append(ce.item())
+        for k in ("ground", "anchor"):
+            history[k].append(aux[k].item() if aux else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -379,11 +464,14 @@ def train(
         history["loss"].append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(va_p):
-            acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm)
+            acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm, mix=mix)
             history["val"].append((step + 1, acc))
-            log(f"step {step + 1}: loss {np.mean(history['loss'][-eval_every:]):.3f} val " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor")}
+            log(f"step {step + 1}: loss {recent['loss']:.3f} (answers {recent['ce']:.3f}, grounding {recent['ground']:.3f}, "
+                f"anchors {recent['anchor']:.3f}) val "
+                + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             if out_dir is not None and step + 1 < steps:  # a usable checkpoint at every validation
-                _save(model, tokenizer, out_dir, norm, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
+                _save(model, tokenizer, out_dir, norm, mix, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
     bar.close()
     history["step_s"] = (time.perf_counter() - t1) / max(steps, 1)
     model.eval()
@@ -391,6 +479,8 @@ def train(
         model.set_attn_implementation("sdpa")
     if norm is not None:
         fold_feature_norm(model, *norm)
+    if mix is not None:
+        fold_phrase_mixing(model, mix)
     if out_dir is not None:
         save_demo_model(model, tokenizer, out_dir, extra=dict(
             meta, steps_done=steps, val=history["val"][-1][1] if history["val"] else None,
@@ -400,7 +490,7 @@ def train(
     return model, tokenizer, history
 
 
-def _save(model, tokenizer, out_dir: str, norm, meta: dict) -> None:
+def _save(model, tokenizer, out_dir: str, norm, mix, meta: dict) -> None:
     """Save a copy of ``model`` with the feature standardisation folded in (training continues on ``model``)."""
     import copy
 
@@ -409,6 +499,8 @@ def _save(model, tokenizer, out_dir: str, norm, meta: dict) -> None:
     snap.set_attn_implementation("sdpa")
     if norm is not None:
         fold_feature_norm(snap, *norm)
+    if mix is not None:
+        fold_phrase_mixing(snap, mix)
     save_demo_model(snap, tokenizer, out_dir, extra=meta)
 
 
