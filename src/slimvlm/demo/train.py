@@ -61,7 +61,7 @@ class QAPool:
     tokens: list[list[int]]
     answers: list[int]
     qtypes: list[str]
-    #: per question, its grounding anchors (:func:`question_anchors`): ``(word index, patches)`` pairs
+    #: per question, its grounding anchors (:func:`question_anchors`): ``(token index, patches)`` pairs
     anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
 
 
@@ -87,22 +87,22 @@ def question_anchors(scene, qa, tokens: Sequence[str]) -> list[tuple[int, list[i
     Training-only: these are the targets of the grounding loss (:func:`packed_logits`)."""
     objs = scene.objects
 
-    def patches_of(keep) -> list[int]:
-        return sorted({p for o in objs if keep(o) for p in object_patches(o)})
+    def patches_of(chosen) -> list[int]:
+        return sorted({p for o in chosen for p in object_patches(o)})
 
     out = []
     for k, tok in enumerate(tokens):
         color, _, kind = tok.partition(" ")
         if kind == "objects" and color in scenes.COLORS:
-            out.append((k, patches_of(lambda o: o.color == color)))
+            out.append((k, patches_of(o for o in objs if o.color == color)))
         elif kind in scenes.KINDS and color in scenes.COLORS:
-            out.append((k, patches_of(lambda o: (o.color, o.kind) == (color, kind))))
+            out.append((k, patches_of(o for o in objs if (o.color, o.kind) == (color, kind))))
         elif tok in _SINGULAR:
-            out.append((k, patches_of(lambda o: o.kind == _SINGULAR[tok])))
+            out.append((k, patches_of(o for o in objs if o.kind == _SINGULAR[tok])))
         elif tok == "objects":
-            out.append((k, patches_of(lambda o: True)))
+            out.append((k, patches_of(objs)))
         elif tok in scenes.PLACES and qa.qtype == "color_at":
-            out.append((k, sorted({p for i in qa.objects for p in object_patches(objs[i])})))
+            out.append((k, patches_of(objs[i] for i in qa.objects)))
     return out
 
 
@@ -236,10 +236,10 @@ def fold_feature_norm(model, mean: torch.Tensor, std: torch.Tensor) -> None:
 
 def phrase_mixing(tokenizer) -> torch.Tensor:
     """``(V, V)`` matrix ``M`` with ``M @ E`` the embedding table trained through: identity, except that a phrase
-    token's row also adds its two words' rows (``"red circle"`` = own + ``red`` + ``circle``; plural-free
-    ``objects`` for ``"red objects"``). A training-only reparametrisation: phrase tokens share what their words
-    learn (56 phrases would otherwise each learn from 1/56 of the data); :func:`fold_phrase_mixing` bakes it
-    into the stock embedding table."""
+    token's row also adds its two words' rows (``"red circle"`` = own + ``red`` + ``circle``; ``"red objects"`` =
+    own + ``red`` + ``objects``). A training-only reparametrisation: phrase tokens share what their words learn
+    (each of the 64 phrases would otherwise learn from its own few questions only); :func:`fold_phrase_mixing`
+    bakes it into the stock embedding table."""
     from .model import PHRASES
 
     V = len(tokenizer)
@@ -474,13 +474,7 @@ def train(
                 _save(model, tokenizer, out_dir, norm, mix, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
     bar.close()
     history["step_s"] = (time.perf_counter() - t1) / max(steps, 1)
-    model.eval()
-    if ground:
-        model.set_attn_implementation("sdpa")
-    if norm is not None:
-        fold_feature_norm(model, *norm)
-    if mix is not None:
-        fold_phrase_mixing(model, mix)
+    _to_stock(model, norm, mix)
     if out_dir is not None:
         save_demo_model(model, tokenizer, out_dir, extra=dict(
             meta, steps_done=steps, val=history["val"][-1][1] if history["val"] else None,
@@ -490,17 +484,23 @@ def train(
     return model, tokenizer, history
 
 
+def _to_stock(model, norm, mix) -> None:
+    """End of training, in place: eval mode, sdpa attention, the training-only aids (feature standardisation,
+    phrase mixing) folded into the weights."""
+    model.eval()
+    model.set_attn_implementation("sdpa")
+    if norm is not None:
+        fold_feature_norm(model, *norm)
+    if mix is not None:
+        fold_phrase_mixing(model, mix)
+
+
 def _save(model, tokenizer, out_dir: str, norm, mix, meta: dict) -> None:
-    """Save a copy of ``model`` with the feature standardisation folded in (training continues on ``model``)."""
+    """Save a stock copy of ``model`` (:func:`_to_stock`); training continues on ``model``."""
     import copy
 
     snap = copy.deepcopy(model)
-    snap.eval()
-    snap.set_attn_implementation("sdpa")
-    if norm is not None:
-        fold_feature_norm(snap, *norm)
-    if mix is not None:
-        fold_phrase_mixing(snap, mix)
+    _to_stock(snap, norm, mix)
     save_demo_model(snap, tokenizer, out_dir, extra=meta)
 
 
