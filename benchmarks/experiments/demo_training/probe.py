@@ -6,19 +6,19 @@ tf, tp = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights
 vf, vp = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
 cols = list(scenes.COLORS); kinds = list(scenes.KINDS)
 def data(feats, split, n):
-    X, yc, yk, sm = [], [], [], []
+    X, yc, yk, yp, sm = [], [], [], [], []
     for i, s in enumerate(scenes.split_seeds(split, n)):
         sc = scenes.make_scene(s)
         for o in sc.objects:
             cx, cy = o.center
             p = (int(cy)//14)*24 + int(cx)//14
-            X.append(feats[i, p].float()); yc.append(cols.index(o.color)); yk.append(kinds.index(o.kind)); sm.append(o.small)
-    return torch.stack(X), torch.tensor(yc), torch.tensor(yk), torch.tensor(sm)
-Xt, ct, kt, st = data(tf, "train", 1500)
-Xv, cv, kv, sv = data(vf, "val", 128)
+            X.append(feats[i, p].float()); yc.append(cols.index(o.color)); yk.append(kinds.index(o.kind)); yp.append(scenes.PLACES.index(o.place)); sm.append(o.small)
+    return torch.stack(X), torch.tensor(yc), torch.tensor(yk), torch.tensor(yp), torch.tensor(sm)
+Xt, ct, kt, pt, st = data(tf, "train", 1500)
+Xv, cv, kv, pv, sv = data(vf, "val", 128)
 mu, sd = Xt.mean(0), Xt.std(0)
 Xt=(Xt-mu)/sd; Xv=(Xv-mu)/sd
-for name, yt, yv, K in (("color", ct, cv, len(cols)), ("kind", kt, kv, len(kinds))):
+for name, yt, yv, K in (("color", ct, cv, len(cols)), ("kind", kt, kv, len(kinds)), ("place", pt, pv, len(scenes.PLACES))):
     W = torch.zeros(384, K, requires_grad=True); b = torch.zeros(K, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=1e-2)
     for it in range(500):
