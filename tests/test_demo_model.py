@@ -101,6 +101,37 @@ def test_packed_path_equals_stock_forward(built, cached):
     assert torch.allclose(logits[row0 + 2], stock, atol=1e-3)
 
 
+def test_image_spans_squeeze_positions_only(built, cached):
+    """``image_spans``: the sequence and mask are unchanged; the 576 image tokens take exactly the positions 1..K
+    in order (each at least once) and every packed question restarts at 1 + K; K = 576 is the plain layout."""
+    _, tok = built
+    _, pools = cached
+    items = [list(zip(p.tokens, p.answers)) for p in pools[:3]]
+    plain = pack_batch(items, **_ids(tok))
+    same = pack_batch(items, **_ids(tok), image_spans=[N_IMAGE_TOKENS] * 3)
+    assert all(torch.equal(plain[k], same[k]) for k in ("input_ids", "attention_mask", "position_ids", "targets"))
+    spans = [1, 16, 144]
+    squeezed = pack_batch(items, **_ids(tok), image_spans=spans)
+    for k in ("input_ids", "attention_mask", "targets"):
+        assert torch.equal(plain[k], squeezed[k])
+    for row, K in enumerate(spans):
+        pos = squeezed["position_ids"][row]
+        img = pos[1 : 1 + N_IMAGE_TOKENS]
+        assert pos[0] == 0 and img[0] == 1
+        assert (img[1:] >= img[:-1]).all() and set(img.tolist()) == set(range(1, K + 1))
+        text_plain = plain["position_ids"][row, 1 + N_IMAGE_TOKENS :]
+        used = plain["input_ids"][row, 1 + N_IMAGE_TOKENS :] != _ids(tok)["pad_id"]
+        # each question's positions run on from the image: plain P, P+1, ... become 1+K, 2+K, ...
+        shift = (1 + N_IMAGE_TOKENS) - (1 + K)
+        assert torch.equal(pos[1 + N_IMAGE_TOKENS :][used], text_plain[used] - shift)
+    with pytest.raises(ValueError, match="image_spans"):
+        pack_batch(items, **_ids(tok), image_spans=[144, 144])
+    with pytest.raises(ValueError, match="image_spans"):
+        pack_batch(items, **_ids(tok), image_spans=[0, 144, N_IMAGE_TOKENS + 1])
+    with pytest.raises(ValueError, match="squeeze"):
+        train(None, squeeze=1.5, progress=False, features=(cached[0], pools, cached[0][:0], []))
+
+
 def test_short_training_lowers_loss_and_save_load(built, cached, tmp_path):
     feats, pools = cached
     model, tok, hist = train(

@@ -389,10 +389,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _positive(args, "images", "steps", "batch_size", "qa_per_image", "variants")
         if args.val < 0 or args.lr <= 0 or args.ground < 0:
             raise CLIError("--val and --ground must be >= 0 and --lr > 0")
+        if not 0.0 <= args.squeeze <= 1.0:
+            raise CLIError(f"--squeeze must be in [0, 1], got {args.squeeze}")
         train(
             args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,
             threads=args.threads, progress=not args.no_progress, ground=args.ground, ground_layer=args.ground_layer,
+            squeeze=args.squeeze,
         )
         print(f"wrote {args.out}")
         return 0
@@ -575,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the grounding losses: head 0 of one LM layer must look at the objects each question "
                    "token names, and that token must predict the answer (training-only; 0 = answers only; default 1.0)")
     t.add_argument("--ground-layer", type=int, default=0, help="LM layer of the grounding head (default 0)")
+    t.add_argument("--squeeze", type=float, default=0.0,
+                   help="fraction of training rows whose 576 image tokens take only 16-576 position ids, so the LM "
+                   "does not depend on the image being 576 positions long (reductions shorten it; default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val", type=int, default=128, help="validation scenes (default 128)")
     t.add_argument("--eval-every", type=int, default=100, help="validate (and checkpoint) every N steps (default 100)")

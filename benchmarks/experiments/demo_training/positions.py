@@ -1,10 +1,12 @@
-# Is the shipped demo LM position-bound? Spatial 144 / 64 by hand, text at contiguous vs original (576-image) positions.
+# Is a demo LM position-bound? Spatial 144 / 64 by hand, text at contiguous vs original (576-image) positions.
+# usage: positions.py [MODEL_DIR] (default: the shipped weights)
+import sys
 import torch
 from slimvlm.demo import scenes
 from slimvlm.demo.app import load_shipped
-from slimvlm.demo.model import make_inputs
+from slimvlm.demo.model import load_demo_model, make_inputs
 torch.set_num_threads(2)
-model, tok = load_shipped()
+model, tok = load_demo_model(sys.argv[1]) if len(sys.argv) > 1 else load_shipped()
 img_id = model.config.image_token_index
 emb = model.get_input_embeddings()
 stats = {}

@@ -158,22 +158,42 @@ def cache_features(
     return feats, pools
 
 
-def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, image_id: int, eos_id: int, pad_id: int):
+#: the fewest position ids :func:`train`'s ``squeeze`` gives the image (PruMerge keeps ~32 tokens on average).
+SQUEEZE_MIN = 16
+
+
+def pack_batch(
+    items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, image_id: int, eos_id: int, pad_id: int,
+    image_spans: Optional[Sequence[int]] = None,
+):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
     Items may carry a third element, the question's anchors (:func:`question_anchors`). Returns a dict with
     ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets``
     (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``), ``ground``: ``(row, sequence position
     of the anchor token, sequence positions of its patches — ``[0]``, the ``<s>``, when it has none)`` and
-    ``anchor_answers``: ``(row, position of the anchor, answer id)`` for questions with exactly one anchor."""
+    ``anchor_answers``: ``(row, position of the anchor, answer id)`` for questions with exactly one anchor.
+
+    ``image_spans``: optional, per row, the number K of position ids the 576 image tokens are squeezed into
+    (patch i at position ``1 + i*K // 576``, the questions from ``1 + K`` on; K = 576 is the plain layout). The
+    sequence is unchanged: training-time layout variation so the LM cannot depend on the image being
+    exactly 576 positions long, which reductions before the LLM change (:func:`train`'s ``squeeze``)."""
     P = 1 + N_IMAGE_TOKENS
+    if image_spans is not None:
+        if len(image_spans) != len(items):
+            raise ValueError(f"image_spans has {len(image_spans)} entries for {len(items)} rows")
+        bad = [k for k in image_spans if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= N_IMAGE_TOKENS]
+        if bad:
+            raise ValueError(f"image_spans must be ints in [1, {N_IMAGE_TOKENS}], got {bad}")
     rows = []
     ground: list[tuple[int, int, list[int]]] = []
     anchor_answers: list[tuple[int, int, int]] = []
     for row, qas in enumerate(items):
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
         seg = [0] * P
-        pos = list(range(P))
+        span = N_IMAGE_TOKENS if image_spans is None else image_spans[row]
+        pos = [0] + [1 + i * span // N_IMAGE_TOKENS for i in range(N_IMAGE_TOKENS)]
+        nxt = 1 + span
         tgt = [-100] * P
         for k, qa in enumerate(qas, start=1):
             q, a = qa[0], qa[1]
@@ -185,7 +205,7 @@ def pack_batch(items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, im
             s = q + [a, eos_id]
             ids += s
             seg += [k] * len(s)
-            pos += list(range(P, P + len(s)))
+            pos += list(range(nxt, nxt + len(s)))
             tgt += [-100] * (len(q) - 1) + [a, eos_id, -100]
         rows.append((ids, seg, pos, tgt))
     L = max(len(r[0]) for r in rows)
@@ -374,6 +394,7 @@ def train(
     compose_phrases: bool = True,
     ground: float = 1.0,
     ground_layer: int = 0,
+    squeeze: float = 0.0,
     log=print,
 ):
     """Train projector + LM; returns ``(model, tokenizer, history)`` and saves to ``out_dir`` (when not None).
@@ -383,7 +404,11 @@ def train(
     ``standardize``: train on per-channel standardised features (DINOv2's channels share a large mean that would
     make all image tokens look alike) and fold the statistics into the projector at the end. ``ground``: weight
     of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; the LM then trains
-    with eager attention (switched back to sdpa at the end)."""
+    with eager attention (switched back to sdpa at the end). ``squeeze``: the fraction of training rows whose
+    576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch` ``image_spans``; 0 = off, the
+    random stream is then untouched)."""
+    if not 0.0 <= squeeze <= 1.0:
+        raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -427,7 +452,7 @@ def train(
         n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
         warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
-        ground_layer=ground_layer,
+        ground_layer=ground_layer, squeeze=squeeze,
     )
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -446,7 +471,12 @@ def train(
             p = tr_p[i]
             pick = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
             items.append([(p.tokens[j], p.answers[j], p.anchors[j] if ground else ()) for j in pick])
-        batch = pack_batch(items, **ids)
+        spans = None
+        if squeeze:
+            draw = torch.rand(len(idx), generator=gen) < squeeze
+            k = torch.randint(SQUEEZE_MIN, N_IMAGE_TOKENS + 1, (len(idx),), generator=gen)
+            spans = torch.where(draw, k, N_IMAGE_TOKENS).tolist()
+        batch = pack_batch(items, **ids, image_spans=spans)
         if ground:
             logits, tgt, aux = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix)
         else:
