@@ -80,6 +80,8 @@ def test_slimvlm_demo_errors(tmp_path):
     assert r.returncode == 2 and "--budgets" in r.stderr
     r = slimvlm_cli("eval", "-m", "nothing")
     assert r.returncode == 2 and "unknown eval line" in r.stderr
+    r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--squeeze", "1.5")
+    assert r.returncode == 2 and "--squeeze" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_slimvlm_eval_and_train_run(tmp_path):
@@ -92,9 +94,10 @@ def test_slimvlm_eval_and_train_run(tmp_path):
         assert (tmp_path / f"ev{ext}").is_file()
     model_dir = tmp_path / "m"
     r = slimvlm_cli("demo", "train", "--out", str(model_dir), "--images", "2", "--steps", "2", "--val", "1",
-                    "--batch-size", "2", "--eval-every", "2", "--no-progress", "--threads", "1")
+                    "--batch-size", "2", "--eval-every", "2", "--squeeze", "1", "--no-progress", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "training.json").is_file()
+    assert json.loads((model_dir / "training.json").read_text())["squeeze"] == 1.0
     r = slimvlm_cli("demo", "--model", str(model_dir), "--runs", "1", "--out", "", "-m", "none", "-m", "spatial")
     assert r.returncode == 0, r.stderr
     assert "spatial" in r.stdout

@@ -474,8 +474,8 @@ def train(
         spans = None
         if squeeze:
             draw = torch.rand(len(idx), generator=gen) < squeeze
-            k = torch.randint(SQUEEZE_MIN, N_IMAGE_TOKENS + 1, (len(idx),), generator=gen)
-            spans = torch.where(draw, k, N_IMAGE_TOKENS).tolist()
+            short = torch.randint(SQUEEZE_MIN, N_IMAGE_TOKENS + 1, (len(idx),), generator=gen)
+            spans = torch.where(draw, short, N_IMAGE_TOKENS).tolist()
         batch = pack_batch(items, **ids, image_spans=spans)
         if ground:
             logits, tgt, aux = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix)
