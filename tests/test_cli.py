@@ -54,6 +54,13 @@ def test_run_reduces_and_reports(image):
     assert res[0]["visual_tokens"] == [[64, 64]] and res[1]["visual_tokens"] == [[64, 16]]
 
 
+def test_run_with_original_positions(image):
+    out = cli("run", "--model", "tiny:llava", "--image", image, "--prompt", "What is it?", "--method", "spatial",
+              "--keep", "16", "--positions", "original", "--max-new-tokens", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["results"][0]["visual_tokens"] == [[64, 16]]
+
+
 def test_cost_reproduces_aim_numbers():
     out = cli("cost", "--model", "qwen2-7b", "--visual", "6272", "--text", "100", "--keep", "1568", "--aim", "14,22", "--json")
     assert out.returncode == 0, out.stderr
@@ -89,6 +96,10 @@ def test_viz_draws_with_the_real_tower(image, tmp_path):
         (["run", "--model", "tiny:llava", "--image", "IMAGE", "--prompt", "x", "--method", "spatial", "--keep", "0"],
          "keep must be a whole number >= 1"),
         (["run", "--model", "tiny:nope", "--image", "IMAGE", "--prompt", "x", "--method", "spatial"], "unknown tiny family"),
+        (["run", "--model", "tiny:qwen2-vl", "--image", "IMAGE", "--prompt", "x", "--method", "spatial", "--keep", "4",
+          "--positions", "renumber"], "M-RoPE"),
+        (["run", "--model", "tiny:llava", "--image", "IMAGE", "--prompt", "x", "--method", "spatial",
+          "--positions", "first"], "invalid choice: 'first'"),
         (["viz", "--image", "IMAGE", "--method", "fastv"], "prunes inside the language model"),
         (["cost", "--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["cost", "--model", "vicuna-7b", "--keep", "9999"], "--keep <= --visual"),

@@ -164,7 +164,8 @@ def test_default_runs_grid():
         ev.default_runs((577,))
 
 
-def test_evaluate_runs_equals_one_question_at_a_time(built):
+@pytest.mark.parametrize("positions", [None, "original"])
+def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
     """Oracle: each question asked alone through slimvlm.apply (own tower forward, no batching, no reuse)."""
     model, tok = built
     runs = [
@@ -174,9 +175,10 @@ def test_evaluate_runs_equals_one_question_at_a_time(built):
         ev.EvalRun("aim (merge+prune)", "aim", {"keep": 64}, 64),
         ev.EvalRun("fastv", "fastv", {"k": 1, "r": 0.75}, 144),
     ]
-    results = ev.evaluate_runs(model, tok, runs, TEST_SEEDS, progress=False)
+    results = ev.evaluate_runs(model, tok, runs, TEST_SEEDS, progress=False, positions=positions)
     for run, res in zip(runs, results):
-        runner = slimvlm.apply(model, run.method, **run.options)
+        runner = slimvlm.apply(model, run.method, positions=positions, **run.options)
+        assert runner.positions == (positions or "renumber")
         hits, small, per_type, kept = [], [], {}, []
         for seed in TEST_SEEDS:
             sc = scenes.make_scene(seed)

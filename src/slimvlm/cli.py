@@ -167,7 +167,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = []
     for method in ([args.compare] if args.compare else []) + [args.method]:
         opts = options if method == args.method else {}
-        slim = apply(model, method, **opts)
+        try:
+            slim = apply(model, method, positions=args.positions, **opts)
+        except ValueError as err:  # e.g. --positions renumber on an M-RoPE model
+            raise CLIError(str(err)) from None
         start = time.perf_counter()
         with torch.no_grad():
             out = slim.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -442,10 +445,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _positive(args, "scenes", "threads")
     torch.set_num_threads(args.threads)
     model, tok = _demo_model(args.model)
-    results = ev.evaluate_runs(model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress)
+    results = ev.evaluate_runs(
+        model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress, positions=args.positions
+    )
     out = Path(args.out)
     ev.write_csv(results, str(out.with_suffix(".csv")))
-    ev.plot(results, str(out.with_suffix(".png")), title=f"demo VLM, {args.scenes} test scenes, {results[0].n} questions")
+    title = f"demo VLM, {args.scenes} test scenes, {results[0].n} questions"
+    if args.positions == "original":
+        title += ", original positions"
+    ev.plot(results, str(out.with_suffix(".png")), title=title)
     table = ev.markdown_table(results)
     out.with_suffix(".md").write_text(table)
     print(table)
@@ -469,6 +477,12 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
                    help="any other method option, e.g. -o k_neighbors=16 -o sample_grid=6x6 (repeatable)")
+
+
+def _add_positions_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--positions", choices=["renumber", "original"], default=None,
+                   help="number the reduced prompt 0..L'-1 (renumber; default for LLaVA families) or keep every kept "
+                   "token's position in the full prompt (original; always so for Qwen2-VL families)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -503,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", "-m", required=True, help="method name (see `slimvlm methods`)")
     _add_budget_args(p)
     p.add_argument("--compare", metavar="METHOD", help="also run this method first (e.g. none) for comparison")
+    _add_positions_arg(p)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_run)
@@ -600,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a folder written by `slimvlm demo train` (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", default="demo_eval", help="output path stem (default demo_eval)")
+    _add_positions_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     return parser

@@ -5,7 +5,8 @@ take the processor's outputs like the stock model. Each image / video is encoded
 by the method (per frame for video), and injected through ``mm_encoder_outputs`` — the official way to pass
 precomputed visual features in transformers 5 — with ``input_ids`` / ``attention_mask`` (and, for Qwen,
 ``mm_token_type_ids`` and 3-D ``position_ids``) rebuilt for the shorter sequence. No transformers class is
-patched. ``slimvlm.prepare(model, inputs, method)`` returns those kwargs for users who drive the model.
+patched. ``positions="original"`` (1-D RoPE families) also passes ``position_ids`` in which every kept token keeps
+the position it had in the full prompt (see :data:`POSITIONS`). ``slimvlm.prepare(model, inputs, method)`` returns those kwargs for users who drive the model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from .methods import make_config
 from .models import adapter_for
 from .models.base import Adapter, SignalRequest, VisualItem, no_signal_message
 
-__all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats", "Prepared"]
+__all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats", "Prepared", "POSITIONS"]
+
+#: How the reduced prompt is numbered for 1-D RoPE families (LLaVA, LLaVA-NeXT, OneVision, Video-LLaVA):
+#: ``"renumber"`` (default; the official LLaVA / PruMerge code): positions 0..L'-1 over the shorter sequence,
+#: as the stock model numbers any prompt; ``"original"``: each kept token keeps its position in the full
+#: prompt (a merged token its anchor's), so the text after the image keeps its distance to the image and
+#: ``generate`` continues from the full prompt's length — what in-LLM pruning (FastV) does implicitly.
+#: M-RoPE families (Qwen2-VL, Qwen2.5-VL) always keep the original (t, h, w) positions: only ``"original"``.
+POSITIONS = ("renumber", "original")
 
 #: Where each tower-signal method reads its signals (score layer, style): the official choices.
 _SIGNAL_SOURCES = {
@@ -184,9 +193,11 @@ def _rebuild(
     reduced: dict[str, list[tuple[Tensor, Tensor]]],
     counts: dict[str, list[int]],
     pos3d: Tensor | None,
+    original_1d: bool = False,
 ) -> tuple[dict[str, Any], list[int]]:
     """Shrink each item's placeholder run to its kept count and re-pad the batch. Returns the new per-position
-    inputs and, per item (modality order, then placeholder order), its batch row."""
+    inputs and, per item (modality order, then placeholder order), its batch row. ``pos3d``: the full prompt's
+    M-RoPE positions; ``original_1d``: give 1-D ``position_ids`` from the full prompt (``positions="original"``)."""
     ids: Tensor = inputs["input_ids"]
     b, length = ids.shape
     mask = inputs.get("attention_mask")
@@ -235,23 +246,49 @@ def _rebuild(
         vis = torch.where(valid[None], flat3d[:, src], torch.ones_like(flat3d[:, src]))
         text = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
         out["position_ids"] = torch.cat([text[None], vis], 0)
+    elif original_1d:  # the full prompt's positions as generate numbers it: cumsum of the mask, pads at 0
+        full = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0).flatten()
+        out["position_ids"] = torch.where(valid, full[source[gather]], torch.zeros_like(gather))
     return out, rows
 
 
 def prepare(
-    model: nn.Module, inputs: Mapping[str, Any], method: str = "none", *, items: list[VisualItem] | None = None, **options: Any
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    method: str = "none",
+    *,
+    items: list[VisualItem] | None = None,
+    positions: str | None = None,
+    **options: Any,
 ) -> Prepared:
     """Encode, reduce and rebuild: the kwargs to pass to the stock ``model(...)`` / ``model.generate(...)``.
 
     ``inputs`` are the processor's outputs (``input_ids``, ``attention_mask``, ``pixel_values``, …); ``options``
     are the method's config fields (``keep=``, ``ratio=``, ``mode=``, …). Keys this does not know are passed
     through unchanged. ``items``: the output of :func:`encode` for these inputs and this method, to reuse one
-    tower forward across many prompts or methods (the vision encoder is then not run).
+    tower forward across many prompts or methods (the vision encoder is then not run). ``positions``: how the
+    reduced prompt is numbered, one of :data:`POSITIONS` (default: ``"renumber"`` for 1-D RoPE families,
+    ``"original"`` for M-RoPE ones).
     """
     adapter = adapter_for(model)
+    positions = _check_positions(adapter, positions)
     config = make_config(method, **options)
     _signal_request(adapter, method)
-    return _prepare(adapter, inputs, method, config, options, items)
+    return _prepare(adapter, inputs, method, config, options, items, positions)
+
+
+def _check_positions(adapter: Adapter, positions: str | None) -> str:
+    """The effective ``positions`` choice for this family, or a ValueError naming the allowed ones."""
+    if positions is None:
+        return "original" if adapter.positions == "mrope" else "renumber"
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(map(repr, POSITIONS))}, got {positions!r}")
+    if adapter.positions == "mrope" and positions != "original":
+        raise ValueError(
+            f"{type(adapter.model).__name__} uses M-RoPE: its kept visual tokens always keep their original (t, h, w) "
+            "positions; only positions='original' applies"
+        )
+    return positions
 
 
 def encoding_key(model: nn.Module, method: str) -> tuple[bool, SignalRequest | None]:
@@ -275,7 +312,13 @@ def encode(model: nn.Module, inputs: Mapping[str, Any], method: str = "none") ->
 
 
 def _prepare(
-    adapter: Adapter, inputs: Mapping[str, Any], method: str, config: Any, options: dict, items: list[VisualItem] | None = None
+    adapter: Adapter,
+    inputs: Mapping[str, Any],
+    method: str,
+    config: Any,
+    options: dict,
+    items: list[VisualItem] | None = None,
+    positions: str = "renumber",
 ) -> Prepared:
     adapter.check_inputs(inputs)
     if inputs.get("position_ids") is not None:
@@ -294,7 +337,8 @@ def _prepare(
         for item in items:
             reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre))
         pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
-    per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d)
+    original_1d = positions == "original" and adapter.positions != "mrope"
+    per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d, original_1d)
     kwargs = {k: v for k, v in inputs.items() if k not in _INPUT_KEYS and k not in adapter.encoder_keys}
     kwargs.update(per_position)
     if reduced:
@@ -322,11 +366,14 @@ class SlimVLM:
     Every other attribute is the wrapped model's.
     """
 
-    def __init__(self, model: nn.Module, method: str = "none", **options: Any):
+    def __init__(self, model: nn.Module, method: str = "none", *, positions: str | None = None, **options: Any):
         self.model = model
         self.adapter = adapter_for(model)
         self.method = method
         self.options = dict(options)
+        #: how the reduced prompt is numbered (:data:`POSITIONS`), resolved for this model's family.
+        self.positions = _check_positions(self.adapter, positions)
+        self._positions_given = positions is not None
         self.config_ = make_config(method, **options)  # validate now, not at the first call
         _signal_request(self.adapter, method)
         #: the in-LLM pruner of AIM / FastV (attached only during a call), else None.
@@ -342,7 +389,7 @@ class SlimVLM:
 
     def prepare(self, items: list[VisualItem] | None = None, **inputs: Any) -> dict[str, Any]:
         """The kwargs the stock model gets for these processor outputs (``items``: see :func:`prepare`)."""
-        prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options, items)
+        prepared = _prepare(self.adapter, inputs, self.method, self.config_, self.options, items, self.positions)
         self.last_stats = prepared.stats
         self.last_prompt_length = int(prepared.kwargs["input_ids"].shape[1])
         return prepared.kwargs
@@ -376,11 +423,13 @@ class SlimVLM:
         return getattr(self.model, name)
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        given = {"positions": self.positions} if self._positions_given else {}
+        opts = ", ".join(f"{k}={v!r}" for k, v in {**self.options, **given}.items())
         return f"SlimVLM({type(self.model).__name__}, method={self.method!r}{', ' + opts if opts else ''})"
 
 
-def apply(model: nn.Module, method: str = "none", **options: Any) -> SlimVLM:
+def apply(model: nn.Module, method: str = "none", *, positions: str | None = None, **options: Any) -> SlimVLM:
     """Wrap ``model`` (a stock transformers 5 VLM) so that ``generate`` / ``__call__`` reduce its visual tokens
-    with ``method`` (a name from ``slimvlm.methods.available()``) and ``options`` (its config fields)."""
-    return SlimVLM(model, method, **options)
+    with ``method`` (a name from ``slimvlm.methods.available()``) and ``options`` (its config fields).
+    ``positions``: ``"renumber"`` or ``"original"`` (:data:`POSITIONS`; default: the family's usual one)."""
+    return SlimVLM(model, method, positions=positions, **options)

@@ -157,14 +157,16 @@ def evaluate_runs(
     seeds: Iterable[int],
     *,
     progress: bool = True,
+    positions: Optional[str] = None,
 ) -> list[EvalResult]:
     """Accuracy of every run on the scenes ``seeds`` (all of each scene's questions). Greedy one-word answer:
-    the argmax of the next token after ``answer:``."""
+    the argmax of the next token after ``answer:``. ``positions``: how the reduced prompt is numbered
+    (``slimvlm.apply``'s option: ``"renumber"``, the default, or ``"original"``)."""
     from tqdm.auto import tqdm
 
     from ..pipeline import apply, encode, encoding_key
 
-    runners = [apply(model, r.method, **r.options) for r in runs]
+    runners = [apply(model, r.method, positions=positions, **r.options) for r in runs]
     keys = [encoding_key(model, r.method) for r in runs]
     hits: list[list[tuple[str, bool, bool]]] = [[] for _ in runs]
     tokens: list[list[tuple[int, float]]] = [[] for _ in runs]
