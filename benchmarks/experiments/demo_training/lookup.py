@@ -3,8 +3,8 @@ import os, torch, time, numpy as np, torch.nn.functional as F
 from slimvlm.demo import scenes
 from slimvlm.demo.train import object_patches, feature_stats
 torch.set_num_threads(2); torch.manual_seed(0)
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 mean, std = feature_stats(tf)
 C = list(scenes.COLORS); K = list(scenes.KINDS)
 def items(split, n):

@@ -6,8 +6,8 @@ from slimvlm.demo.train import object_patches, feature_stats
 torch.set_num_threads(2); torch.manual_seed(0)
 GROUND = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
 ROPE = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0  # RoPE base (0 = none); query at position 580, patches 1..576
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 mean, std = feature_stats(tf)
 C = list(scenes.COLORS); K = list(scenes.KINDS)
 def items(split, n, variants):

@@ -1,9 +1,8 @@
-import os
 import torch, numpy as np
 from slimvlm.demo import scenes
 torch.set_num_threads(1)
-tf, tp = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, vp = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, tp), (vf, vp) = load()
 cols = list(scenes.COLORS); kinds = list(scenes.KINDS)
 def data(feats, split, n):
     X, yc, yk, yp, sm = [], [], [], [], []

@@ -1,10 +1,9 @@
 # digit probe by digit height, linear vs 1-hidden-layer MLP on the mean of the digit's patches
-import os
 import torch, numpy as np
 from slimvlm.demo import scenes
 torch.set_num_threads(1); torch.manual_seed(0)
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 def data(feats, split, n):
     X, y, h = [], [], []
     for i, s in enumerate(scenes.split_seeds(split, n)):

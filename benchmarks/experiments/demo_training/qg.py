@@ -1,4 +1,3 @@
-import os
 import torch, time, sys, json, math, numpy as np
 import torch.nn.functional as F
 from slimvlm.demo import scenes
@@ -6,8 +5,8 @@ from slimvlm.demo.model import build_demo_model, N_IMAGE_TOKENS
 from slimvlm.demo.train import feature_stats, question_pool
 torch.set_num_threads(2)
 args = json.loads(sys.argv[1])
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 model, tok = build_demo_model(seed=0, **args.get("lm", {}))
 model.set_attn_implementation("eager")
 tp = [question_pool(scenes.make_scene(s), tok, 3) for s in scenes.split_seeds("train", tf.shape[0])]

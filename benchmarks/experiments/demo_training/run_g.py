@@ -1,12 +1,11 @@
-import os
 import torch, time, sys, json
 from slimvlm.demo import scenes
 from slimvlm.demo.model import build_tokenizer
 from slimvlm.demo.train import train, evaluate, question_pool
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args.pop("threads", 2))
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 n = args.pop("n", tf.shape[0]); nv = args.pop("nv", vf.shape[0])
 tok = build_tokenizer()
 t = time.time()

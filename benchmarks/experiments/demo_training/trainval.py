@@ -6,8 +6,8 @@ from slimvlm.demo.train import evaluate, question_pool
 torch.set_num_threads(1)
 ck = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 model, tok = load_demo_model(ck)
-tf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/train.pt", weights_only=False)
-vf, _ = torch.load(os.environ.get("EXP_DIR", "/tmp/exp") + "/val.pt", weights_only=False)
+from cached import load
+(tf, _), (vf, _) = load()
 tp = [question_pool(scenes.make_scene(s), tok, 1) for s in scenes.split_seeds("train", n)]
 vp = [question_pool(scenes.make_scene(s), tok, 1) for s in scenes.split_seeds("val", n)]
 with torch.no_grad():
