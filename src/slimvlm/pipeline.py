@@ -362,7 +362,8 @@ class SlimVLM:
     (both also take ``items=``, the output of :func:`encode`, to skip the vision encoder);
     ``last_stats`` lists, per image / video of the last call, its batch row and visual tokens before / after
     (entering the LLM); for AIM / FastV, ``last_inllm_stats`` gives the visual tokens kept per LLM layer;
-    ``last_prompt_length`` is the reduced prompt length (new tokens in ``generate``'s output start there).
+    ``last_prompt_length`` is the reduced prompt length (new tokens in ``generate``'s output start there);
+    ``positions`` says how the reduced prompt is numbered (:data:`POSITIONS`).
     Every other attribute is the wrapped model's.
     """
 
