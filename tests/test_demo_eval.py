@@ -164,7 +164,7 @@ def test_default_runs_grid():
         ev.default_runs((577,))
 
 
-@pytest.mark.parametrize("positions", [None, "original"])
+@pytest.mark.parametrize("positions", ["renumber", "original"])
 def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
     """Oracle: each question asked alone through slimvlm.apply (own tower forward, no batching, no reuse)."""
     model, tok = built
@@ -178,7 +178,7 @@ def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
     results = ev.evaluate_runs(model, tok, runs, TEST_SEEDS, progress=False, positions=positions)
     for run, res in zip(runs, results):
         runner = slimvlm.apply(model, run.method, positions=positions, **run.options)
-        assert runner.positions == (positions or "renumber")
+        assert runner.positions == positions
         hits, small, per_type, kept = [], [], {}, []
         for seed in TEST_SEEDS:
             sc = scenes.make_scene(seed)

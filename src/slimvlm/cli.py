@@ -408,7 +408,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.threads < 1:
         raise CLIError("--runs and --threads must be >= 1")
     run_demo(DEMO_SEED if args.seed is None else args.seed, methods, args.out, questions=args.question or None,
-             runs=args.runs, threads=args.threads, model_and_tokenizer=_demo_model(args.model))
+             runs=args.runs, threads=args.threads, model_and_tokenizer=_demo_model(args.model), positions=args.positions)
     return 0
 
 
@@ -448,11 +448,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = ev.evaluate_runs(
         model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress, positions=args.positions
     )
+    print(f"positions: {args.positions}")
     out = Path(args.out)
     ev.write_csv(results, str(out.with_suffix(".csv")))
     title = f"demo VLM, {args.scenes} test scenes, {results[0].n} questions"
-    if args.positions == "original":
-        title += ", original positions"
+    title += f", {args.positions} positions"
     ev.plot(results, str(out.with_suffix(".png")), title=title)
     table = ev.markdown_table(results)
     out.with_suffix(".md").write_text(table)
@@ -479,7 +479,12 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
                    help="any other method option, e.g. -o k_neighbors=16 -o sample_grid=6x6 (repeatable)")
 
 
-def _add_positions_arg(p: argparse.ArgumentParser) -> None:
+def _add_positions_arg(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    if demo:
+        p.add_argument("--positions", choices=["original", "renumber"], default="original",
+                       help="keep every kept token's position in the full prompt (original, default: the demo LM "
+                       "needs it) or number the reduced prompt 0..L'-1 (renumber, the official LLaVA code's way)")
+        return
     p.add_argument("--positions", choices=["renumber", "original"], default=None,
                    help="number the reduced prompt 0..L'-1 (renumber; default for LLaVA families) or keep every kept "
                    "token's position in the full prompt (original; always so for Qwen2-VL families)")
@@ -579,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="timed prefill runs per method (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="slimvlm_demo.png", help="overlay PNG (default slimvlm_demo.png; '' for none)")
+    _add_positions_arg(p, demo=True)
     p.set_defaults(func=cmd_demo)
     demo_sub = p.add_subparsers(dest="demo_command", metavar="train")
     t = demo_sub.add_parser("train", help="train the demo VLM's projector + LM from scratch on generated scenes")
@@ -615,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a folder written by `slimvlm demo train` (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", default="demo_eval", help="output path stem (default demo_eval)")
-    _add_positions_arg(p)
+    _add_positions_arg(p, demo=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     return parser

@@ -15,7 +15,7 @@ import torch
 
 from . import scenes
 from .evaluate import tokens_per_layer
-from .model import N_IMAGE_TOKENS, load_demo_model, make_inputs, scene_inputs
+from .model import DEMO_POSITIONS, N_IMAGE_TOKENS, load_demo_model, make_inputs, scene_inputs
 
 __all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "load_shipped", "reductions_of", "run_demo"]
 
@@ -66,13 +66,14 @@ def run_demo(
     runs: int = 3,
     threads: int = 1,
     model_and_tokenizer: Any = None,
+    positions: str = DEMO_POSITIONS,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Answer the scene's questions with each method; time the LLM prefill; draw the kept tokens.
 
     Returns ``{"answers": {label: [answer per question]}, "questions": [...], "truth": [...] | None,
     "rows": [BenchRow...], "overlay": path | None}``. ``questions`` default to the scene's generated ones
-    (with their true answers)."""
+    (with their true answers). ``positions``: how reduced prompts are numbered (``slimvlm.apply``'s option)."""
     from .. import bench, viz
     from ..pipeline import apply
 
@@ -92,7 +93,7 @@ def run_demo(
     echo(f"scene {seed} ({scene.background} background): {objs}")
 
     one, batch = scene_inputs(model, tokenizer, scene, qs)
-    runners = {_label(name, options): apply(model, name, **options) for name, options in methods.items()}
+    runners = {_label(name, options): apply(model, name, positions=positions, **options) for name, options in methods.items()}
     answers: dict[str, list[str]] = {}
     kept: dict[str, str] = {}
     old = torch.get_num_threads()
@@ -131,6 +132,7 @@ def run_demo(
         speed = f"{row.prefill_speedup:.2f}x" if row.prefill_speedup else "-"
         echo(f"{row.label:<14}{kept[row.label]:<34}{1e3 * row.prefill_s:>8.1f} ms{'':<17}{speed}")
     echo(f"(float32, {threads} thread(s), one question, {bench.cpu_name()}; prefill = the stock LLM forward on the reduced prompt)")
+    echo(f"(reduced prompts keep {'their original' if positions == 'original' else 'renumbered'} positions: --positions)")
     for label, count in kept.items():
         if label != "none" and count == str(N_IMAGE_TOKENS):
             why = (" (on DINOv2 the IQR rule flags many outliers and the sampling stride int(int(576/m)/3) falls to 1)"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import scenes
-from .model import N_IMAGE_TOKENS, scene_inputs
+from .model import DEMO_POSITIONS, N_IMAGE_TOKENS, scene_inputs
 
 __all__ = [
     "BUDGETS",
@@ -157,11 +157,11 @@ def evaluate_runs(
     seeds: Iterable[int],
     *,
     progress: bool = True,
-    positions: Optional[str] = None,
+    positions: str = DEMO_POSITIONS,
 ) -> list[EvalResult]:
     """Accuracy of every run on the scenes ``seeds`` (all of each scene's questions). Greedy one-word answer:
     the argmax of the next token after ``answer:``. ``positions``: how the reduced prompt is numbered
-    (``slimvlm.apply``'s option: ``"renumber"``, the default, or ``"original"``)."""
+    (``slimvlm.apply``'s option, ``"original"`` or ``"renumber"``; default :data:`~slimvlm.demo.model.DEMO_POSITIONS`)."""
     from tqdm.auto import tqdm
 
     from ..pipeline import apply, encode, encoding_key

@@ -24,6 +24,7 @@ from . import scenes
 
 __all__ = [
     "N_IMAGE_TOKENS",
+    "DEMO_POSITIONS",
     "IMAGE_SIZE",
     "SPECIAL_TOKENS",
     "ANSWER_TOKEN",
@@ -44,6 +45,10 @@ __all__ = [
 
 IMAGE_SIZE = 336
 N_IMAGE_TOKENS = (IMAGE_SIZE // 14) ** 2  # 576
+#: how ``slimvlm demo`` / ``slimvlm eval`` number a reduced prompt (``slimvlm.apply``'s ``positions``). The demo LM
+#: learnt from scratch with the image always at positions 1-576, so it needs the kept tokens at their original
+#: positions: renumbered, every pre-LLM reduction collapses (measured: benchmarks/results/demo_eval_renumber.md).
+DEMO_POSITIONS = "original"
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)  # ids 0..4
 ANSWER_TOKEN = "answer:"
