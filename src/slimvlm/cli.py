@@ -451,8 +451,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"positions: {args.positions}")
     out = Path(args.out)
     ev.write_csv(results, str(out.with_suffix(".csv")))
-    title = f"demo VLM, {args.scenes} test scenes, {results[0].n} questions"
-    title += f", {args.positions} positions"
+    title = f"demo VLM, {args.scenes} test scenes, {results[0].n} questions, {args.positions} positions"
     ev.plot(results, str(out.with_suffix(".png")), title=title)
     table = ev.markdown_table(results)
     out.with_suffix(".md").write_text(table)

@@ -5,8 +5,9 @@ take the processor's outputs like the stock model. Each image / video is encoded
 by the method (per frame for video), and injected through ``mm_encoder_outputs`` — the official way to pass
 precomputed visual features in transformers 5 — with ``input_ids`` / ``attention_mask`` (and, for Qwen,
 ``mm_token_type_ids`` and 3-D ``position_ids``) rebuilt for the shorter sequence. No transformers class is
-patched. ``positions="original"`` (1-D RoPE families) also passes ``position_ids`` in which every kept token keeps
-the position it had in the full prompt (see :data:`POSITIONS`). ``slimvlm.prepare(model, inputs, method)`` returns those kwargs for users who drive the model.
+patched. ``positions="original"`` (1-D RoPE families) also passes ``position_ids`` in which every kept token
+keeps the position it had in the full prompt (see :data:`POSITIONS`). ``slimvlm.prepare(model, inputs, method)``
+returns those kwargs for users who drive the model.
 """
 
 from __future__ import annotations
