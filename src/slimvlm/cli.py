@@ -479,14 +479,11 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_positions_arg(p: argparse.ArgumentParser, demo: bool = False) -> None:
-    if demo:
-        p.add_argument("--positions", choices=["original", "renumber"], default="original",
-                       help="keep every kept token's position in the full prompt (original, default: the demo LM "
-                       "needs it) or number the reduced prompt 0..L'-1 (renumber, the official LLaVA code's way)")
-        return
-    p.add_argument("--positions", choices=["renumber", "original"], default=None,
-                   help="number the reduced prompt 0..L'-1 (renumber; default for LLaVA families) or keep every kept "
-                   "token's position in the full prompt (original; always so for Qwen2-VL families)")
+    """``--positions`` (slimvlm.apply's ``positions``); the demo commands default to the demo LM's need."""
+    default = "original (the demo LM needs it)" if demo else "renumber for LLaVA families; Qwen2-VL families always use original"
+    p.add_argument("--positions", choices=["renumber", "original"], default="original" if demo else None,
+                   help="number the reduced prompt 0..L'-1 (renumber, the official LLaVA code's way) or keep every kept "
+                   f"token's position in the full prompt (original). Default: {default}")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
