@@ -102,7 +102,8 @@ def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) ->
 
 def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool) -> tuple[Tensor, Tensor]:
     """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
-    for each, the position within the item's placeholder run whose M-RoPE position it takes (its anchor)."""
+    for each, the position within the item's placeholder run whose position it takes (its anchor: M-RoPE, and
+    1-D with ``positions="original"``)."""
     red, free = item_reduction(item, method, config, use_pre)
     frames = item.frames
     n_f = red.assignment.shape[1]
@@ -205,7 +206,7 @@ def _rebuild(
     mask = torch.ones_like(ids) if mask is None else mask
     flat_ids = ids.flatten()
     keep = (mask.flatten() != 0).clone()
-    source = torch.arange(b * length, device=ids.device)  # whose 3-D position each kept position takes
+    source = torch.arange(b * length, device=ids.device)  # whose original position each kept position takes
     rows: list[int] = []
     for modality, token_id in placeholder.items():
         where = (flat_ids == token_id).nonzero().flatten()
