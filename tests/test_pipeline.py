@@ -141,9 +141,7 @@ def reference_kept(model, fam: str, inputs, method: str, opts: dict):
     assert len(feats) == len(layout)
     ids = inputs["input_ids"]
     mask = inputs["attention_mask"].bool()
-    ph = torch.zeros_like(ids, dtype=torch.bool)
-    for tid in T.placeholder_token_ids(model).values():
-        ph |= ids == tid
+    ph = placeholder_mask(model, ids)
     keep = (mask & ~ph).flatten().clone()
     kept_pos, kept_feats = [], []
     for it, f in zip(layout, feats):
@@ -164,6 +162,14 @@ def reference_kept(model, fam: str, inputs, method: str, opts: dict):
         kept_pos.append(pos)
         kept_feats.append(torch.cat(kf))
     return keep.view_as(ids), kept_pos, kept_feats, layout
+
+
+def placeholder_mask(model, ids: torch.Tensor) -> torch.Tensor:
+    """True where ``ids`` holds one of the model's image / video placeholder tokens."""
+    ph = torch.zeros_like(ids, dtype=torch.bool)
+    for tid in T.placeholder_token_ids(model).values():
+        ph |= ids == tid
+    return ph
 
 
 def text_positions(mask: torch.Tensor) -> torch.Tensor:

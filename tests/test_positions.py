@@ -15,10 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimvlm import testing as T
 from slimvlm.pipeline import POSITIONS, apply, prepare
 import test_pipeline_families as families
-from test_pipeline import make_inputs, model_of, reference_kept
+from test_pipeline import make_inputs, model_of, placeholder_mask, reference_kept
 
 ONE_D = ("llava", "llava-qwen2")
 QWEN = ("qwen2-vl", "qwen2.5-vl")
@@ -29,13 +28,6 @@ FAMILY_CASES = [("llava-next", "image"), ("llava-onevision", "image"), ("llava-o
 def full_positions(mask: torch.Tensor) -> torch.Tensor:
     """1-D positions of the full prompt, as ``generate`` builds them from a 2-D mask (pads at 0)."""
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-
-def placeholder_mask(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    ph = torch.zeros_like(ids, dtype=torch.bool)
-    for tid in T.placeholder_token_ids(model).values():
-        ph |= ids == tid
-    return ph
 
 
 class PositionSpy:
