@@ -257,3 +257,36 @@ def test_grounding_loss_equals_recorded_attention(built, cached):
     model.set_attn_implementation("sdpa")
     with pytest.raises(RuntimeError, match="eager"):
         packed_logits(model, feats[:2], batch, ground_layer=1)
+
+
+def test_eager_in_layer_matches_eager_and_keeps_only_that_layers_weights(built, cached):
+    """Training's mixed attention (eager in the grounding layer, sdpa elsewhere): the same packed logits and
+    grounding loss as all-eager attention, attention weights from that layer only, bad layers refused."""
+    import copy
+
+    from slimvlm.demo.train import eager_in_layer
+
+    model, tok = built
+    feats, pools = cached
+    batch = pack_batch([list(zip(p.tokens, p.answers, p.anchors)) for p in pools[:2]], **_ids(tok))
+    eager, mixed = copy.deepcopy(model), copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    mixed.set_attn_implementation(eager_in_layer(2))
+    layers = mixed.model.language_model.layers
+    seen = {}
+    hooks = [l.self_attn.register_forward_hook(lambda m, _a, out: seen.__setitem__(m.layer_idx, out[1])) for l in layers]
+    with torch.no_grad():
+        lm, tm, aux_m = packed_logits(mixed, feats[:2], batch, ground_layer=2)
+        le, te, aux_e = packed_logits(eager, feats[:2], batch, ground_layer=2)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(tm, te)
+    assert torch.allclose(lm, le, atol=1e-4)
+    assert torch.allclose(aux_m["ground"], aux_e["ground"], atol=1e-5)
+    assert sorted(seen) == list(range(len(layers)))
+    assert [k for k, w in seen.items() if w is not None] == [2]
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="layer"):
+            eager_in_layer(bad)
+    with pytest.raises(ValueError, match="ground_layer"):
+        train(None, ground_layer=len(layers), progress=False, steps=1, features=(feats, pools, feats[:0], []))

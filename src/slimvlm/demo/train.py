@@ -45,7 +45,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "pack_batch", "packed_logits", "evaluate", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -285,7 +285,7 @@ def packed_logits(
     optional ``(mean, std)`` standardising the features before the projector (training only); ``mix``: optional
     :func:`phrase_mixing` matrix applied to the embedding table (training only).
 
-    With ``ground_layer`` (the LM must run with eager attention), also returns a dict of two training-only
+    With ``ground_layer`` (that LM layer must run eager attention: :func:`eager_in_layer`), also returns a dict of two training-only
     losses that teach a from-scratch LM to use the image (the model stays a stock LLaVA):
 
     - ``"ground"``: the mean over ``batch["ground"]`` of ``-log`` (attention mass of head 0 of that layer, at an
@@ -320,7 +320,10 @@ def packed_logits(
     if ground_layer is None:
         return logits, targets
     if not captured or captured[0] is None:
-        raise RuntimeError("grounding needs the attention weights: run the LM with attn_implementation='eager'")
+        raise RuntimeError(
+            f"grounding needs layer {ground_layer}'s attention weights: run the LM with "
+            f"attn_implementation=eager_in_layer({ground_layer}) or 'eager'"
+        )
     aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(())}
     items = batch.get("ground", [])
     if items:
@@ -339,6 +342,27 @@ def packed_logits(
         anchor_logits = model.lm_head(hidden[at[:, 0], at[:, 1]])
         aux["anchor"] = F.cross_entropy(anchor_logits.float(), torch.tensor([a for _, _, a in answers]))
     return logits, targets, aux
+
+
+def eager_in_layer(layer: int) -> str:
+    """Register and return the name of an attention implementation that runs eager attention in LM layer
+    ``layer`` only and sdpa elsewhere: the grounding loss needs that one layer's attention weights, and eager
+    attention everywhere made a training step ~1.4x slower (2.32 s vs 1.63 s measured for 8 scenes x 16
+    questions on 2 cores; identical loss)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    name = f"slimvlm_eager_layer{layer}"
+
+    def attention(module, *args, **kwargs):
+        fn = eager_attention_forward if module.layer_idx == layer else sdpa_attention_forward
+        return fn(module, *args, **kwargs)
+
+    AttentionInterface.register(name, attention)  # re-registering the same name is harmless
+    return name
 
 
 def _ids(tokenizer):
@@ -403,8 +427,8 @@ def train(
     sets per image). ``features``: optional ``(train_feats, train_pools, val_feats, val_pools)`` to skip caching.
     ``standardize``: train on per-channel standardised features (DINOv2's channels share a large mean that would
     make all image tokens look alike) and fold the statistics into the projector at the end. ``ground``: weight
-    of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; the LM then trains
-    with eager attention (switched back to sdpa at the end). ``squeeze``: the fraction of training rows whose
+    of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; that layer then trains
+    with eager attention, the others with sdpa (:func:`eager_in_layer`; all sdpa again at the end). ``squeeze``: the fraction of training rows whose
     576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch` ``image_spans``; 0 = off, the
     random stream is then untouched)."""
     if not 0.0 <= squeeze <= 1.0:
@@ -433,7 +457,10 @@ def train(
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
     if ground:
-        model.set_attn_implementation("eager")
+        n_layers = model.config.text_config.num_hidden_layers
+        if not 0 <= ground_layer < n_layers:
+            raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
+        model.set_attn_implementation(eager_in_layer(ground_layer))
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
