@@ -9,7 +9,7 @@ from cached import load
 n = args.pop("n", tf.shape[0]); nv = args.pop("nv", vf.shape[0])
 tok = build_tokenizer()
 t = time.time()
-tp = [question_pool(scenes.make_scene(s), tok, 3) for s in scenes.split_seeds("train", n)]
+tp = [question_pool(scenes.make_scene(s), tok, args.get("variants", 8)) for s in scenes.split_seeds("train", n)]
 vp = [question_pool(scenes.make_scene(s), tok, 1) for s in scenes.split_seeds("val", nv)]
 only = args.pop("only", None)  # keep only these question types, e.g. ["exist"]
 if only:
