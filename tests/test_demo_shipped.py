@@ -64,8 +64,9 @@ def test_shipped_weights_answer_as_recorded(shipped):
 
 def test_shipped_model_needs_original_positions_under_pre_llm_reduction(shipped):
     """The README's claim about the shipped LM (trained with the image always at positions 1-576): a pre-LLM
-    reduction keeps most of its accuracy only when the kept tokens keep their original positions (200 test
-    scenes, spatial@144: 53.2 % original vs 7-11 % renumbered, none 63.3 %). Loose margins for 12 scenes."""
+    reduction keeps much more of its accuracy when the kept tokens keep their original positions (spatial@144:
+    59.8 % original on 200 test scenes vs 39.3 % renumbered on 100; none 72.6 % on those 100). Measured on
+    these 12 scenes when the weights shipped: 60.6 % original vs 40.9 % renumbered; loose margins."""
     from slimvlm.demo import evaluate as ev
 
     model, tok = shipped
@@ -74,7 +75,7 @@ def test_shipped_model_needs_original_positions_under_pre_llm_reduction(shipped)
     orig = {r.run.label: r.accuracy for r in ev.evaluate_runs(model, tok, [none, spatial], seeds, progress=False, positions="original")}
     (renumbered,) = ev.evaluate_runs(model, tok, [spatial], seeds, progress=False, positions="renumber")
     assert orig["spatial"] >= orig["none"] - 0.2
-    assert renumbered.accuracy <= orig["spatial"] - 0.25
+    assert renumbered.accuracy <= orig["spatial"] - 0.1
 
 
 def test_slimvlm_demo_runs(tmp_path):
