@@ -287,8 +287,8 @@ def packed_logits(
     optional ``(mean, std)`` standardising the features before the projector (training only); ``mix``: optional
     :func:`phrase_mixing` matrix applied to the embedding table (training only).
 
-    With ``ground_layer`` (that LM layer must run eager attention: :func:`eager_in_layer`), also returns a dict of two training-only
-    losses that teach a from-scratch LM to use the image (the model stays a stock LLaVA):
+    With ``ground_layer`` (that LM layer must run eager attention: :func:`eager_in_layer`), also returns a dict
+    of two training-only losses that teach a from-scratch LM to use the image (the model stays a stock LLaVA):
 
     - ``"ground"``: the mean over ``batch["ground"]`` of ``-log`` (attention mass of head 0 of that layer, at an
       anchor token, on the patches of the objects it names, or on ``<s>`` when there are none);
