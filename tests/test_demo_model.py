@@ -25,7 +25,7 @@ from slimvlm.demo.model import (  # noqa: E402
     make_inputs,
     to_pixels,
 )
-from slimvlm.demo.train import _ids, cache_features, pack_batch, packed_logits, train  # noqa: E402
+from slimvlm.demo.train import _ids, cache_features, eager_in_layer, pack_batch, packed_logits, train  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)
 
@@ -263,8 +263,6 @@ def test_eager_in_layer_matches_eager_and_keeps_only_that_layers_weights(built, 
     """Training's mixed attention (eager in the grounding layer, sdpa elsewhere): the same packed logits and
     grounding loss as all-eager attention, attention weights from that layer only, bad layers refused."""
     import copy
-
-    from slimvlm.demo.train import eager_in_layer
 
     model, tok = built
     feats, pools = cached

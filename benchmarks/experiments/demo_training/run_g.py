@@ -9,7 +9,9 @@ from cached import load
 n = args.pop("n", tf.shape[0]); nv = args.pop("nv", vf.shape[0])
 tok = build_tokenizer()
 t = time.time()
-tp = [question_pool(scenes.make_scene(s), tok, args.get("variants", 8)) for s in scenes.split_seeds("train", n)]
+import inspect
+variants = args.get("variants", inspect.signature(train).parameters["variants"].default)  # train()'s default
+tp = [question_pool(scenes.make_scene(s), tok, variants) for s in scenes.split_seeds("train", n)]
 vp = [question_pool(scenes.make_scene(s), tok, 1) for s in scenes.split_seeds("val", nv)]
 only = args.pop("only", None)  # keep only these question types, e.g. ["exist"]
 if only:

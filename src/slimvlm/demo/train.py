@@ -430,9 +430,9 @@ def train(
     ``standardize``: train on per-channel standardised features (DINOv2's channels share a large mean that would
     make all image tokens look alike) and fold the statistics into the projector at the end. ``ground``: weight
     of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; that layer then trains
-    with eager attention, the others with sdpa (:func:`eager_in_layer`; all sdpa again at the end). ``squeeze``: the fraction of training rows whose
-    576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch` ``image_spans``; 0 = off, the
-    random stream is then untouched)."""
+    with eager attention, the others with sdpa (:func:`eager_in_layer`; all sdpa again at the end). ``squeeze``:
+    the fraction of training rows whose 576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch`
+    ``image_spans``; 0 = off, the random stream is then untouched)."""
     if not 0.0 <= squeeze <= 1.0:
         raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
     if threads:
