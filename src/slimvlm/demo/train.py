@@ -439,6 +439,9 @@ def train(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model, tokenizer = build_demo_model(seed=seed, **(lm or {}))
+    n_layers = model.config.text_config.num_hidden_layers
+    if ground and not 0 <= ground_layer < n_layers:  # before the minutes of caching
+        raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
     t0 = time.perf_counter()
     if features is None:
         tower = model.model.vision_tower
@@ -459,9 +462,6 @@ def train(
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
     if ground:
-        n_layers = model.config.text_config.num_hidden_layers
-        if not 0 <= ground_layer < n_layers:
-            raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
         model.set_attn_implementation(eager_in_layer(ground_layer))
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     decay = [p for p in params if p.ndim >= 2]
