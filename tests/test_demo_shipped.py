@@ -100,6 +100,9 @@ def test_slimvlm_demo_errors(tmp_path):
     assert r.returncode == 2 and "--positions" in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--squeeze", "1.5")
     assert r.returncode == 2 and "--squeeze" in r.stderr and "Traceback" not in r.stderr
+    r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--ground-layer", "9")
+    assert r.returncode == 2 and "--ground-layer must be in [0, 3]" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()  # refused before anything is built or written
 
 
 def test_slimvlm_eval_and_train_run(tmp_path):

@@ -387,13 +387,15 @@ def _demo_methods(args: argparse.Namespace, default: dict[str, dict[str, Any]]) 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if getattr(args, "demo_command", None) == "train":
-        from .demo.train import train
+        from .demo.train import check_train_options, train
 
         _positive(args, "images", "steps", "batch_size", "qa_per_image", "variants")
         if args.val < 0 or args.lr <= 0 or args.ground < 0:
             raise CLIError("--val and --ground must be >= 0 and --lr > 0")
-        if not 0.0 <= args.squeeze <= 1.0:
-            raise CLIError(f"--squeeze must be in [0, 1], got {args.squeeze}")
+        try:
+            check_train_options(squeeze=args.squeeze, ground=args.ground, ground_layer=args.ground_layer)
+        except ValueError as e:  # the option's name as the CLI spells it
+            raise CLIError("--" + str(e).replace("_", "-", 1)) from None
         train(
             args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,

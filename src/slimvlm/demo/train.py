@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from . import scenes
 from .model import (
     ANSWER_TOKEN,
+    LM_DEFAULTS,
     N_IMAGE_TOKENS,
     build_demo_model,
     load_demo_model,
@@ -47,7 +48,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -397,6 +398,15 @@ def evaluate(
     return out
 
 
+def check_train_options(*, squeeze: float = 0.0, ground: float = 1.0, ground_layer: int = 0, lm: Optional[dict] = None) -> None:
+    """ValueError naming the option when :func:`train` could not use it (checked before the minutes of caching)."""
+    if not 0.0 <= squeeze <= 1.0:
+        raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
+    n_layers = {**LM_DEFAULTS, **(lm or {})}["num_hidden_layers"]
+    if ground and not 0 <= ground_layer < n_layers:
+        raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
+
+
 def train(
     out_dir: Optional[str],
     n_images: int = 1500,
@@ -433,15 +443,11 @@ def train(
     with eager attention, the others with sdpa (:func:`eager_in_layer`; all sdpa again at the end). ``squeeze``:
     the fraction of training rows whose 576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch`
     ``image_spans``; 0 = off, the random stream is then untouched)."""
-    if not 0.0 <= squeeze <= 1.0:
-        raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
+    check_train_options(squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm)  # before the caching
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model, tokenizer = build_demo_model(seed=seed, **(lm or {}))
-    n_layers = model.config.text_config.num_hidden_layers
-    if ground and not 0 <= ground_layer < n_layers:  # before the minutes of caching
-        raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
     t0 = time.perf_counter()
     if features is None:
         tower = model.model.vision_tower
