@@ -162,20 +162,30 @@ def test_slimvlm_methods_run(built, method):
     assert torch.isfinite(out.logits).all()
 
 
+def _patches_brute_force(box):
+    """Patches whose 14-px cell shares a pixel with the box ``(x0, y0, x1, y1)`` (checked pixel by pixel)."""
+    x0, y0, x1, y1 = box
+    want = []
+    for p in range(N_IMAGE_TOKENS):
+        r, c = divmod(p, 24)
+        cell_x, cell_y = set(range(c * 14, c * 14 + 14)), set(range(r * 14, r * 14 + 14))
+        if cell_x & set(range(x0, x1)) and cell_y & set(range(y0, y1)):
+            want.append(p)
+    return want
+
+
 def test_object_patches_brute_force():
-    """A patch is listed iff its 14-px cell overlaps the object's box (checked pixel by pixel)."""
-    from slimvlm.demo.train import object_patches
+    """A patch is listed iff its 14-px cell overlaps the object's box; centre patches iff it overlaps the 14-px
+    square around the centre (1 to 4 patches, the one holding the centre among them)."""
+    from slimvlm.demo.train import centre_patches, object_patches
 
     for seed in range(6):
         for obj in scenes.make_scene(seed).objects:
-            x0, y0, x1, y1 = obj.bbox
-            want = []
-            for p in range(N_IMAGE_TOKENS):
-                r, c = divmod(p, 24)
-                cell_x, cell_y = set(range(c * 14, c * 14 + 14)), set(range(r * 14, r * 14 + 14))
-                if cell_x & set(range(x0, x1)) and cell_y & set(range(y0, y1)):
-                    want.append(p)
-            assert object_patches(obj) == want
+            assert object_patches(obj) == _patches_brute_force(obj.bbox)
+            x, y = obj.center
+            got = centre_patches(obj)
+            assert got == _patches_brute_force((x - 7, y - 7, x + 7, y + 7))
+            assert 1 <= len(got) <= 4 and (y // 14) * 24 + x // 14 in got
 
 
 def test_question_anchors_follow_the_objects(built):
@@ -202,7 +212,16 @@ def test_question_anchors_follow_the_objects(built):
             if qa.qtype in ("exist", "where", "digit", "color_at"):
                 assert len(anchors) == 1, qa
                 k, got = anchors[0]
-                assert got == patches(qa.objects)  # exist "no": qa.objects is empty
+                if qa.qtype == "where":  # read the place at the centre
+                    (i,) = qa.objects
+                    x, y = sc.objects[i].center
+                    assert got == _patches_brute_force((x - 7, y - 7, x + 7, y + 7))
+                elif qa.qtype == "digit":  # read the digit from its own patches
+                    (i,) = qa.objects
+                    assert got == _patches_brute_force(sc.objects[i].digit_bbox)
+                    assert set(got) < set(patches([i]))
+                else:
+                    assert got == patches(qa.objects)  # exist "no": qa.objects is empty
                 if qa.qtype == "color_at":
                     assert tokens[k] == qa.question.rstrip("?").split()[-1]
                 else:

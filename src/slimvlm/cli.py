@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=int, default=1500, help="training scenes; the tower runs once on each (default 1500)")
     t.add_argument("--qa-per-image", type=int, default=32, help="questions per scene per step, at most its pool (default 32)")
     t.add_argument("--variants", type=int, default=8, help="question sets generated per scene; duplicates dropped, ~24 questions at 8 (default 8)")
-    t.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000: the shipped model, 3.3 s/step on 2 shared cores)")
+    t.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000: the shipped model, 3.0 s/step on 2 shared cores)")
     t.add_argument("--batch-size", type=int, default=8, help="scenes per step (default 8)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     t.add_argument("--ground", type=float, default=1.0,

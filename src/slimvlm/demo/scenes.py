@@ -4,7 +4,10 @@ A scene is a 336×336 RGB image (a 24×24 grid of 14-px patches) holding 1–6 n
 plain, textured (noise / stripes / checker) or real-photo background (the colour photos in scikit-image's wheel,
 desaturated and contrast-compressed so the saturated shapes stay visible). Objects come in seven kinds (six shapes
 and a framed "sign") and eight colours; sizes range from SMALL (14–24 px, one to two patches) to 96 px. Signs, and
-some large circles, carry a digit drawn as seven-segment strokes (no fonts involved).
+some large circles, carry a digit drawn as seven-segment strokes (no fonts involved). Digit-bearing objects are at
+least DIGIT_OBJECT_MIN px, so every digit is at least ~28 px (two patches) tall: smaller ones are not readable from
+14-px DINOv2-S patches (``benchmarks/experiments/demo_training/probe_digit_grid.py``: 0.21 for 10–15 px digits,
+0.65–0.70 from 28 px).
 
 Everything is a pure function of the seed: :func:`make_scene` uses only ``numpy.random.default_rng(seed)``, and
 :func:`questions` uses its own generator (by default seeded from the scene seed), so results never depend on call
@@ -42,6 +45,7 @@ __all__ = [
     "SMALL_MAX",
     "GRID",
     "PLACE_MARGIN",
+    "DIGIT_OBJECT_MIN",
     "COLORS",
     "KINDS",
     "SHAPE_KINDS",
@@ -67,6 +71,9 @@ IMAGE_SIZE = 336
 PATCH = 14
 #: objects whose size (side of their square box) is at most this many pixels are "small" (1–2 patches).
 SMALL_MAX = 24
+#: signs, and circles that carry a digit, are at least this many pixels (their digit: 0.6 / 0.5 of the size).
+DIGIT_OBJECT_MIN = 48
+_DIGIT_CIRCLE_MIN = 56
 #: the 3×3 grid of places: cell boundaries at 112 and 224 px.
 GRID = 3
 _CELL = IMAGE_SIZE // GRID
@@ -411,9 +418,10 @@ def _check_seed(seed: int) -> int:
 
 def _sample_size(rng: np.random.Generator, kind: str) -> int:
     r = rng.random()
-    lo_small = 20 if kind == "sign" else 14  # a digit needs a few pixels
+    if kind == "sign":  # its digit must be readable (see DIGIT_OBJECT_MIN)
+        return int(rng.integers(DIGIT_OBJECT_MIN, 97))
     if r < 0.38:
-        return int(rng.integers(lo_small, SMALL_MAX + 1))
+        return int(rng.integers(14, SMALL_MAX + 1))
     if r < 0.78:
         return int(rng.integers(28, 53))
     return int(rng.integers(54, 97))
@@ -447,7 +455,7 @@ def make_scene(seed: int) -> Scene:
             continue
         x0, y0 = placed
         digit = None
-        if kind == "sign" or (kind == "circle" and size >= 36 and rng.random() < 0.4):
+        if kind == "sign" or (kind == "circle" and size >= _DIGIT_CIRCLE_MIN and rng.random() < 0.4):
             digit = int(rng.integers(10))
         area, digit_bbox = _render_object(img, kind, color, x0, y0, size, digit)
         bbox = (x0, y0, x0 + size, y0 + size)

@@ -17,8 +17,9 @@ Two training-only aids, neither of which changes the shipped architecture (a sto
   folded into the projector's first linear layer at the end (:func:`fold_feature_norm`);
 - two grounding losses. The tokenizer keeps every thing a question names as one token ("red circle", "circles",
   "red objects", "top-left"; see ``model.PHRASES``); head 0 of LM layer 0 at that token is asked to put its
-  attention on the patches of the objects it names (on ``<s>`` when there are none), and, when the question
-  names one thing, that token's own output is asked to predict the answer already (:func:`packed_logits`).
+  attention on the patches of the objects it names (on ``<s>`` when there are none; for ``where`` on the patches
+  under the object's centre, for ``digit`` on the digit's), and, when the question names one thing, that token's
+  own output is asked to predict the answer already (:func:`packed_logits`).
   Without them a from-scratch LM stayed at the answer priors for hundreds of steps: it has to discover which of
   576 image tokens matter, and then how to carry what it found to ``answer:``; see
   ``benchmarks/experiments/demo_training/``.
@@ -68,13 +69,25 @@ class QAPool:
     anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
 
 
-def object_patches(obj) -> list[int]:
-    """Raster indices of the 14-px patches that an object's bounding box overlaps."""
+def box_patches(box: Sequence[int]) -> list[int]:
+    """Raster indices of the 14-px patches that a pixel box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) overlaps."""
     side = scenes.IMAGE_SIZE // scenes.PATCH
-    x0, y0, x1, y1 = obj.bbox
+    x0, y0, x1, y1 = box
     cols = range(max(0, x0 // scenes.PATCH), min(side, (x1 - 1) // scenes.PATCH + 1))
     rows = range(max(0, y0 // scenes.PATCH), min(side, (y1 - 1) // scenes.PATCH + 1))
     return [r * side + c for r in rows for c in cols]
+
+
+def object_patches(obj) -> list[int]:
+    """Raster indices of the 14-px patches that an object's bounding box overlaps."""
+    return box_patches(obj.bbox)
+
+
+def centre_patches(obj) -> list[int]:
+    """The 1–4 patches under a patch-sized square centred on the object's centre: where its place is read."""
+    x, y = obj.center
+    h = scenes.PATCH // 2
+    return box_patches((x - h, y - h, x + h, y + h))
 
 
 _SINGULAR = {plural: kind for kind, plural in scenes.PLURALS.items()}
@@ -84,14 +97,18 @@ def question_anchors(scene, qa, tokens: Sequence[str]) -> list[tuple[int, list[i
     """Where the question (as ``tokens``, the tokenizer's strings) names objects of ``scene``: ``(token index,
     patches)`` per naming token — a phrase ``red circle`` (that colour and kind) or ``red objects`` (that
     colour), a plural ``circles`` (that kind), ``objects`` (everything), or the place of a ``color_at``
-    question (the object ``qa`` is about) — with the patches of every object it matches; ``[]`` when none
-    does (the token should then look at ``<s>``).
+    question (the object ``qa`` is about) — with the patches of every object it matches (for ``where`` only those
+    under the object's centre, for ``digit`` those under its digit); ``[]`` when none does (the token should then
+    look at ``<s>``).
 
     Training-only: these are the targets of the grounding loss (:func:`packed_logits`)."""
     objs = scene.objects
+    # what the answer is read from: a ``where`` answer from the object's centre (the place probe reads 0.85 from
+    # the centre patch), a ``digit`` answer from the digit's own patches; everything else from the whole object
+    of = {"where": centre_patches, "digit": lambda o: box_patches(o.digit_bbox)}.get(qa.qtype, object_patches)
 
     def patches_of(chosen) -> list[int]:
-        return sorted({p for o in chosen for p in object_patches(o)})
+        return sorted({p for o in chosen for p in of(o)})
 
     out = []
     for k, tok in enumerate(tokens):
