@@ -237,7 +237,7 @@ DECODE = {
 
 
 def test_digits_drawn(data):
-    n_checked = n_decoded = 0
+    n_checked = 0
     for scene, _ in data:
         for o in scene.objects:
             if o.kind == "sign":
@@ -253,12 +253,11 @@ def test_digits_drawn(data):
             ink = np.abs(patch - np.array(S.COLORS[o.color])).max(-1) > 60  # differs from the plate / shape
             assert 0.1 <= ink.mean() <= 0.9, (scene.seed, o, ink.mean())
             n_checked += 1
+            # every digit is tall enough to sample each stroke: decode the seven segments from pixels
             h, w = y1 - y0, x1 - x0
-            if h >= 18:  # big enough to sample each stroke: decode the seven segments from pixels
-                on = {s for s, (fx, fy) in SEG_POINTS.items() if ink[int(fy * h), int(fx * w)]}
-                assert DECODE.get(frozenset(on)) == o.digit, (scene.seed, o, sorted(on))
-                n_decoded += 1
-    assert n_checked >= 50 and n_decoded == n_checked
+            on = {s for s, (fx, fy) in SEG_POINTS.items() if ink[int(fy * h), int(fx * w)]}
+            assert DECODE.get(frozenset(on)) == o.digit, (scene.seed, o, sorted(on))
+    assert n_checked >= 50
 
 
 def test_split_seeds():
