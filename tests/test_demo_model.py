@@ -167,6 +167,11 @@ def test_train_init_continues_the_saved_model(built, cached, tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-5), k
     assert hist["parts"][0] > 0  # the digit-part loss was computed (the pools hold digit questions)
+    import json
+
+    meta = json.loads((second / "training.json").read_text())
+    assert meta["init"] == str(first) and meta["digit_parts"] == 1.0
+    assert meta["init_training"] == json.loads((first / "training.json").read_text())  # provenance carried
     with pytest.raises(ValueError, match="init must be a folder"):
         train(None, init=str(tmp_path / "nowhere"), progress=False, features=data)
     with pytest.raises(ValueError, match="lm must be empty"):

@@ -401,9 +401,12 @@ def packed_logits(
         )
     aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(()), "parts": logits.new_zeros(())}
     weights = captured[0]
-    for name, items in (("ground", [(*it, 0) for it in batch.get("ground", [])]), ("parts", batch.get("parts", []))):
-        if items:
-            aux[name] = _attention_nll(weights, items)
+    if batch.get("ground"):
+        aux["ground"] = _attention_nll(weights, [(*it, 0) for it in batch["ground"]])
+    if batch.get("parts"):
+        # heads 1-3 start far from the parts (mass ~1e-8 at their first steps), where the 1e-6 floor of the
+        # head-0 loss would cut the gradient; -log p has a bounded gradient w.r.t. the logits however small p is
+        aux["parts"] = _attention_nll(weights, batch["parts"], floor=1e-30)
     answers = batch.get("anchor_answers", [])
     if answers:
         at = torch.tensor([[r, q] for r, q, _ in answers])
@@ -412,17 +415,20 @@ def packed_logits(
     return logits, targets, aux
 
 
-def _attention_nll(weights: torch.Tensor, items: Sequence[tuple[int, int, list[int], int]]) -> torch.Tensor:
+def _attention_nll(
+    weights: torch.Tensor, items: Sequence[tuple[int, int, list[int], int]], floor: float = 1e-6
+) -> torch.Tensor:
     """Mean over ``(row, query, keys, head)`` items of ``-log`` (the attention mass ``weights`` (B, H, L, L) puts
-    from that query on those keys in that head). One gather for all items, then a per-item sum (indexing per item
-    would make autograd write a full (B, H, L, L) gradient per item)."""
+    from that query on those keys in that head, clamped at ``floor``, below which the item has no gradient). One
+    gather for all items, then a per-item sum (indexing per item would make autograd write a full (B, H, L, L)
+    gradient per item)."""
     rows = torch.tensor([r for r, _, keys, _ in items for _ in keys])
     heads = torch.tensor([h for _, _, keys, h in items for _ in keys])
     queries = torch.tensor([q for _, q, keys, _ in items for _ in keys])
     keys = torch.tensor([k for _, _, ks, _ in items for k in ks])
     group = torch.tensor([g for g, (_, _, ks, _) in enumerate(items) for _ in ks])
     mass = weights.new_zeros(len(items)).index_add(0, group, weights[rows, heads, queries, keys])
-    return -torch.log(mass.clamp(min=1e-6)).mean()
+    return -torch.log(mass.clamp(min=floor)).mean()
 
 
 def eager_in_layer(layer: int) -> str:
@@ -604,6 +610,8 @@ def train(
         warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
         ground_layer=ground_layer, squeeze=squeeze, digit_parts=digit_parts, init=init,
     )
+    if init is not None:  # the provenance of what this run continues
+        meta["init_training"] = _read_training_json(init)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
@@ -665,6 +673,17 @@ def train(
             val_curve=history["val"],
         ))
     return model, tokenizer, history
+
+
+def _read_training_json(folder: str) -> Optional[dict]:
+    import json
+    import os
+
+    path = os.path.join(folder, "training.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _to_stock(model, norm, mix) -> None:
