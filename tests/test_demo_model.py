@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -161,25 +162,18 @@ def test_train_init_continues_the_saved_model(built, cached, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     train(str(first), steps=3, batch_size=2, qa_per_image=4, eval_every=0, progress=False, features=data, log=lambda *a: None)
     _, _, hist = train(str(second), init=str(first), steps=1, lr=0.0, batch_size=2, qa_per_image=4, eval_every=0,
-                       progress=False, features=data, digit_parts=1.0, log=lambda *a: None)
+                       progress=False, features=data, log=lambda *a: None)
     a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-5), k
-    assert hist["parts"][0] > 0  # the digit-part loss was computed (the pools hold digit questions)
-    import json
-
     meta = json.loads((second / "training.json").read_text())
-    assert meta["init"] == str(first) and meta["digit_parts"] == 1.0
+    assert meta["init"] == str(first) and hist["loss"]
     assert meta["init_training"] == json.loads((first / "training.json").read_text())  # provenance carried
     with pytest.raises(ValueError, match="init must be a folder"):
         train(None, init=str(tmp_path / "nowhere"), progress=False, features=data)
     with pytest.raises(ValueError, match="lm must be empty"):
         train(None, init=str(first), lm={"hidden_size": 64}, progress=False, features=data)
-    with pytest.raises(ValueError, match="digit_parts needs the grounding loss"):
-        train(None, digit_parts=1.0, ground=0.0, progress=False, features=data)
-    with pytest.raises(ValueError, match="digit_parts needs 4 attention heads"):
-        train(None, digit_parts=1.0, lm={"num_attention_heads": 2, "num_key_value_heads": 2}, progress=False, features=data)
 
 
 @pytest.mark.parametrize("method", ["prumerge+", "spatial"])
@@ -268,34 +262,6 @@ def test_question_anchors_follow_the_objects(built):
     assert {("exist", True), ("exist", False), ("count", False), ("larger", False), ("digit", False)} <= seen
 
 
-def test_digit_parts_are_the_patches_under_the_digits_points(built):
-    """Digit parts: at a ``digit`` question's one anchor token, heads 1, 2, 3 each get the one patch whose 14-px cell
-    holds the point at (1/4, 1/4), (3/4, 1/4), (1/4, 3/4) of the digit's box (found by scanning all 576 cells);
-    every other question gets none."""
-    from slimvlm.demo.train import DIGIT_PARTS, question_pool
-
-    _, tok = built
-    assert [(h, fx, fy) for h, fx, fy in DIGIT_PARTS] == [(1, 0.25, 0.25), (2, 0.75, 0.25), (3, 0.25, 0.75)]
-    n_digit = 0
-    for seed in range(40):
-        sc = scenes.make_scene(seed)
-        pool = question_pool(sc, tok, variants=1)
-        for qa, anchors, parts in zip(scenes.questions(sc), pool.anchors, pool.parts):
-            if qa.qtype != "digit":
-                assert parts == []
-                continue
-            n_digit += 1
-            (k, _), = anchors
-            x0, y0, x1, y1 = sc.objects[qa.objects[0]].digit_bbox
-            assert [h for _, h, _ in parts] == [1, 2, 3] and {w for w, _, _ in parts} == {k}
-            for (_, _, patches), (fx, fy) in zip(parts, [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75)]):
-                x, y = x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)
-                cells = [p for p in range(576) if p % 24 * 14 <= x < p % 24 * 14 + 14 and p // 24 * 14 <= y < p // 24 * 14 + 14]
-                assert patches == cells
-                assert set(patches) <= set(_patches_brute_force((x0, y0, x1, y1)))
-    assert n_digit >= 10
-
-
 def test_grounding_loss_equals_recorded_attention(built, cached):
     """The grounding loss reads head 0 of the chosen layer at each anchor token; compare with the attention
     weights transformers itself returns (output_attentions, eager)."""
@@ -305,14 +271,9 @@ def test_grounding_loss_equals_recorded_attention(built, cached):
     model = copy.deepcopy(model)
     model.set_attn_implementation("eager")
     feats, pools = cached
-    items = [list(zip(p.tokens, p.answers, p.anchors, p.parts)) for p in pools[:2]]
+    items = [list(zip(p.tokens, p.answers, p.anchors)) for p in pools[:2]]
     batch = pack_batch(items, **_ids(tok))
     anchors = [a for p in pools[:2] for q in p.anchors for a in q]
-    parts = [a for p in pools[:2] for q in p.parts for a in q]
-    assert len(batch["parts"]) == len(parts) > 0
-    for (row, qpos, pos, head), (_, want_head, patches) in zip(batch["parts"], parts):
-        assert head == want_head and pos == [1 + p for p in patches]
-        assert (row, qpos) in {(r, q) for r, q, _ in batch["ground"]}  # at the anchor token
     assert len(batch["ground"]) == len(anchors) > 0
     for (row, qpos, pos), (_, patches) in zip(batch["ground"], anchors):
         word = tok.convert_ids_to_tokens(int(batch["input_ids"][row, qpos]))
@@ -330,8 +291,6 @@ def test_grounding_loss_equals_recorded_attention(built, cached):
         final = model.lm_head(out.last_hidden_state)
     want = torch.stack([-torch.log(attn[r, 0, q, pos].sum()) for r, q, pos in batch["ground"]]).mean()
     assert torch.allclose(aux["ground"], want, atol=1e-5)
-    want = torch.stack([-torch.log(attn[r, h, q, pos].sum()) for r, q, pos, h in batch["parts"]]).mean()
-    assert torch.allclose(aux["parts"], want, atol=1e-5)
     # anchor answers: every one-anchor question, its answer predicted at the anchor token
     one = [(q, a) for p in pools[:2] for q, a in zip(p.anchors, p.answers) if len(q) == 1]
     assert [a for _, _, a in batch["anchor_answers"]] == [a for _, a in one] and one

@@ -49,7 +49,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "digit_parts", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -67,8 +67,6 @@ class QAPool:
     qtypes: list[str]
     #: per question, its grounding anchors (:func:`question_anchors`): ``(token index, patches)`` pairs
     anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
-    #: per question, the digit-part targets (:func:`digit_parts`): ``(token index, head, patches)`` triples
-    parts: list[list[tuple[int, int, list[int]]]] = field(default_factory=list)
 
 
 def box_patches(box: Sequence[int]) -> list[int]:
@@ -90,34 +88,6 @@ def centre_patches(obj) -> list[int]:
     x, y = obj.center
     h = scenes.PATCH // 2
     return box_patches((x - h, y - h, x + h, y + h))
-
-
-#: ``(head, x, y)``: at a ``digit`` question's anchor, head ``h`` of the grounding layer is asked to look at the
-#: patch under the point ``(x, y)`` of the digit's box (fractions of its width / height): top-left, top-right and
-#: bottom-left, the places of the seven-segment strokes f, b and e; head 0 already sees the whole digit and so,
-#: by difference, the bottom-right (c). An attention head returns a mean of what it looks at, and a mean over the
-#: digit loses which stroke is where: the mean of its patches reads 0.30 with a linear probe, the patches of a
-#: 3x3 grid of points 0.65 (benchmarks/experiments/demo_training, session 4, digits >= 28 px).
-DIGIT_PARTS = ((1, 0.25, 0.25), (2, 0.75, 0.25), (3, 0.25, 0.75))
-
-
-def point_patch(x: float, y: float) -> int:
-    """Raster index of the 14-px patch holding the pixel point ``(x, y)``."""
-    side = scenes.IMAGE_SIZE // scenes.PATCH
-    col = min(side - 1, max(0, int(x) // scenes.PATCH))
-    row = min(side - 1, max(0, int(y) // scenes.PATCH))
-    return row * side + col
-
-
-def digit_parts(scene, qa, anchors: Sequence[tuple[int, list[int]]]) -> list[tuple[int, int, list[int]]]:
-    """For a ``digit`` question, ``(anchor token index, head, [patch])`` per :data:`DIGIT_PARTS`: which patch of the
-    digit each extra head of the grounding layer should read at the token that names the object; ``[]`` for
-    other questions. Training-only, like :func:`question_anchors`."""
-    if qa.qtype != "digit" or len(anchors) != 1 or len(qa.objects) != 1:
-        return []
-    x0, y0, x1, y1 = scene.objects[qa.objects[0]].digit_bbox
-    k = anchors[0][0]
-    return [(k, head, [point_patch(x0 + fx * (x1 - x0), y0 + fy * (y1 - y0))]) for head, fx, fy in DIGIT_PARTS]
 
 
 _SINGULAR = {plural: kind for kind, plural in scenes.PLURALS.items()}
@@ -159,7 +129,7 @@ def question_anchors(scene, qa, tokens: Sequence[str]) -> list[tuple[int, list[i
 def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
     """Unique questions of ``scene`` from ``scenes.questions`` with its default generator and ``variants - 1``
     extra seeded generators (more questions per cached image)."""
-    seen, toks, ans, qt, an, parts = set(), [], [], [], [], []
+    seen, toks, ans, qt, an = set(), [], [], [], []
     for v in range(variants):
         rng = None if v == 0 else np.random.default_rng([scene.seed, 0xDE30, v])
         for qa in scenes.questions(scene, rng):
@@ -171,8 +141,7 @@ def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
             ans.append(tokenizer.convert_tokens_to_ids(qa.answer))
             qt.append(qa.qtype)
             an.append(question_anchors(scene, qa, tokenizer.convert_ids_to_tokens(ids[:-1])))
-            parts.append(digit_parts(scene, qa, an[-1]))
-    return QAPool(toks, ans, qt, an, parts)
+    return QAPool(toks, ans, qt, an)
 
 
 @torch.no_grad()
@@ -219,13 +188,11 @@ def pack_batch(
 ):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
-    Items may carry a third element, the question's anchors (:func:`question_anchors`), and a fourth, its digit
-    parts (:func:`digit_parts`). Returns a dict with ``input_ids`` (B, L), 4-D boolean ``attention_mask``
-    (B, 1, L, L), ``position_ids`` (B, L), ``targets`` (B, L) (−100 except at ``answer:`` → answer and answer →
-    ``</s>``), ``ground``: ``(row, sequence position of the anchor token, sequence positions of its patches —
-    ``[0]``, the ``<s>``, when it has none)``, ``parts``: ``(row, sequence position, sequence positions of the
-    patch, head)`` and ``anchor_answers``: ``(row, position of the anchor, answer id)`` for questions with
-    exactly one anchor.
+    Items may carry a third element, the question's anchors (:func:`question_anchors`). Returns a dict with
+    ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets``
+    (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``), ``ground``: ``(row, sequence position
+    of the anchor token, sequence positions of its patches — ``[0]``, the ``<s>``, when it has none)`` and
+    ``anchor_answers``: ``(row, position of the anchor, answer id)`` for questions with exactly one anchor.
 
     ``image_spans``: optional, per row, the number K of position ids the 576 image tokens are squeezed into
     (patch i at position ``1 + i*K // 576``, the questions from ``1 + K`` on; K = 576 is the plain layout). The
@@ -240,7 +207,6 @@ def pack_batch(
             raise ValueError(f"image_spans must be ints in [1, {N_IMAGE_TOKENS}], got {bad}")
     rows = []
     ground: list[tuple[int, int, list[int]]] = []
-    parts: list[tuple[int, int, list[int], int]] = []
     anchor_answers: list[tuple[int, int, int]] = []
     for row, qas in enumerate(items):
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
@@ -254,8 +220,6 @@ def pack_batch(
             anchors = qa[2] if len(qa) > 2 else ()
             for word, patches in anchors:  # anchors: that token should look at these patches
                 ground.append((row, len(ids) + word, [1 + p for p in patches] if patches else [0]))
-            for word, head, patches in qa[3] if len(qa) > 3 else ():  # and that head at these
-                parts.append((row, len(ids) + word, [1 + p for p in patches], head))
             if len(anchors) == 1:  # the one thing the question is about: its token should know the answer
                 anchor_answers.append((row, len(ids) + anchors[0][0], a))
             s = q + [a, eos_id]
@@ -281,7 +245,7 @@ def pack_batch(
     allowed = ((sk == 0) | (sk == sq)) & (sk >= 0) & causal
     allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty rows)
     return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets,
-            "ground": ground, "parts": parts, "anchor_answers": anchor_answers}
+            "ground": ground, "anchor_answers": anchor_answers}
 
 
 def feature_stats(feats: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,8 +330,7 @@ def packed_logits(
       anchor token, on the patches of the objects it names, or on ``<s>`` when there are none);
     - ``"anchor"``: cross-entropy of the answer predicted (through ``lm_head``) at the anchor token of every
       one-anchor question (``batch["anchor_answers"]``): the token that looked the thing up should know the
-      answer, so ``answer:`` only has to copy it from there;
-    - ``"parts"``: as ``"ground"`` for ``batch["parts"]``, each with its own head (:func:`digit_parts`)."""
+      answer, so ``answer:`` only has to copy it from there."""
     inner = model.model
     table = inner.get_input_embeddings().weight
     emb = F.embedding(batch["input_ids"], table if mix is None else mix.to(table.dtype) @ table)
@@ -399,36 +362,24 @@ def packed_logits(
             f"grounding needs layer {ground_layer}'s attention weights: run the LM with "
             f"attn_implementation=eager_in_layer({ground_layer}) or 'eager'"
         )
-    aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(()), "parts": logits.new_zeros(())}
-    weights = captured[0]
-    if batch.get("ground"):
-        aux["ground"] = _attention_nll(weights, [(*it, 0) for it in batch["ground"]])
-    if batch.get("parts"):
-        # heads 1-3 start far from the parts (mass ~1e-8 at their first steps), where the 1e-6 floor of the
-        # head-0 loss would cut the gradient; -log p has a bounded gradient w.r.t. the logits however small p is
-        aux["parts"] = _attention_nll(weights, batch["parts"], floor=1e-30)
+    aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(())}
+    items = batch.get("ground", [])
+    if items:
+        # one gather for all (row, query, key) triples, then a per-anchor sum (indexing per anchor would make
+        # autograd write a full (B, L, L) gradient per anchor)
+        rows = torch.tensor([r for r, _, pos in items for _ in pos])
+        queries = torch.tensor([q for _, q, pos in items for _ in pos])
+        keys = torch.tensor([p for _, _, pos in items for p in pos])
+        group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
+        head = captured[0][:, 0]
+        mass = head.new_zeros(len(items)).index_add(0, group, head[rows, queries, keys])
+        aux["ground"] = -torch.log(mass.clamp(min=1e-6)).mean()
     answers = batch.get("anchor_answers", [])
     if answers:
         at = torch.tensor([[r, q] for r, q, _ in answers])
         anchor_logits = model.lm_head(hidden[at[:, 0], at[:, 1]])
         aux["anchor"] = F.cross_entropy(anchor_logits.float(), torch.tensor([a for _, _, a in answers]))
     return logits, targets, aux
-
-
-def _attention_nll(
-    weights: torch.Tensor, items: Sequence[tuple[int, int, list[int], int]], floor: float = 1e-6
-) -> torch.Tensor:
-    """Mean over ``(row, query, keys, head)`` items of ``-log`` (the attention mass ``weights`` (B, H, L, L) puts
-    from that query on those keys in that head, clamped at ``floor``, below which the item has no gradient). One
-    gather for all items, then a per-item sum (indexing per item would make autograd write a full (B, H, L, L)
-    gradient per item)."""
-    rows = torch.tensor([r for r, _, keys, _ in items for _ in keys])
-    heads = torch.tensor([h for _, _, keys, h in items for _ in keys])
-    queries = torch.tensor([q for _, q, keys, _ in items for _ in keys])
-    keys = torch.tensor([k for _, _, ks, _ in items for k in ks])
-    group = torch.tensor([g for g, (_, _, ks, _) in enumerate(items) for _ in ks])
-    mass = weights.new_zeros(len(items)).index_add(0, group, weights[rows, heads, queries, keys])
-    return -torch.log(mass.clamp(min=floor)).mean()
 
 
 def eager_in_layer(layer: int) -> str:
@@ -484,7 +435,7 @@ def evaluate(
 
 def check_train_options(
     *, squeeze: float = 0.0, ground: float = 1.0, ground_layer: int = 0, lm: Optional[dict] = None,
-    digit_parts: float = 0.0, init: Optional[str] = None,
+    init: Optional[str] = None,
 ) -> None:
     """ValueError naming the option when :func:`train` could not use it (checked before the minutes of caching)."""
     import os
@@ -493,8 +444,6 @@ def check_train_options(
 
     if not 0.0 <= squeeze <= 1.0:
         raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
-    if digit_parts < 0:
-        raise ValueError(f"digit_parts must be >= 0, got {digit_parts}")
     if init is not None:
         if lm:
             raise ValueError(f"init continues the model in {init}, whose config fixes the LM: lm must be empty, got {lm}")
@@ -503,17 +452,11 @@ def check_train_options(
         from transformers import LlavaConfig
 
         text = LlavaConfig.from_json_file(os.path.join(init, "config.json")).text_config
-        shape = {"num_hidden_layers": text.num_hidden_layers, "num_attention_heads": text.num_attention_heads}
+        n_layers = text.num_hidden_layers
     else:
-        shape = {**LM_DEFAULTS, **(lm or {})}
-    n_layers = shape["num_hidden_layers"]
+        n_layers = {**LM_DEFAULTS, **(lm or {})}["num_hidden_layers"]
     if ground and not 0 <= ground_layer < n_layers:
         raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
-    need = 1 + max(h for h, _, _ in DIGIT_PARTS)
-    if digit_parts and shape["num_attention_heads"] < need:
-        raise ValueError(f"digit_parts needs {need} attention heads in the LM, it has {shape['num_attention_heads']}")
-    if digit_parts and not ground:
-        raise ValueError("digit_parts needs the grounding loss (ground > 0): it trains the grounding layer's heads")
 
 
 def train(
@@ -540,7 +483,6 @@ def train(
     ground: float = 1.0,
     ground_layer: int = 0,
     squeeze: float = 0.0,
-    digit_parts: float = 0.0,
     init: Optional[str] = None,
     log=print,
 ):
@@ -553,13 +495,10 @@ def train(
     of the grounding loss (:func:`packed_logits`) on head 0 of LM layer ``ground_layer``; that layer then trains
     with eager attention, the others with sdpa (:func:`eager_in_layer`; all sdpa again at the end). ``squeeze``:
     the fraction of training rows whose 576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch`
-    ``image_spans``; 0 = off, the random stream is then untouched). ``digit_parts``: weight of the grounding of
-    heads 1-3 on parts of the digit at ``digit`` questions (:func:`digit_parts`; 0 = off). ``init``: a folder
-    written by this function to continue training from (its projector and LM, unfolded back to the training-time
-    parametrisation) instead of a fresh random LM; the learning-rate schedule starts anew."""
-    check_train_options(  # before the caching
-        squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, digit_parts=digit_parts, init=init
-    )
+    ``image_spans``; 0 = off, the random stream is then untouched). ``init``: a folder written by this function
+    to continue training from (its projector and LM, unfolded back to the training-time parametrisation) instead of
+    a fresh random LM; the learning-rate schedule starts anew and ``training.json`` records the folder's own."""
+    check_train_options(squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, init=init)  # before caching
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -608,14 +547,14 @@ def train(
         n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
         warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
-        ground_layer=ground_layer, squeeze=squeeze, digit_parts=digit_parts, init=init,
+        ground_layer=ground_layer, squeeze=squeeze, init=init,
     )
     if init is not None:  # the provenance of what this run continues
         meta["init_training"] = _read_training_json(init)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
-    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "parts": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
+    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
     bar = _tqdm(range(steps), desc="training", unit="step", disable=not progress)
     t1 = time.perf_counter()
     for step in bar:
@@ -628,10 +567,7 @@ def train(
         for i in idx:
             p = tr_p[i]
             pick = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
-            items.append([
-                (p.tokens[j], p.answers[j], p.anchors[j] if ground else (), p.parts[j] if digit_parts else ())
-                for j in pick
-            ])
+            items.append([(p.tokens[j], p.answers[j], p.anchors[j] if ground else ()) for j in pick])
         spans = None
         if squeeze:
             draw = torch.rand(len(idx), generator=gen) < squeeze
@@ -643,9 +579,9 @@ def train(
         else:
             (logits, tgt), aux = packed_logits(model, tr_f[idx], batch, norm, mix=mix), {}
         ce = F.cross_entropy(logits.float(), tgt)
-        loss = ce + ground * (aux["ground"] + aux["anchor"]) + digit_parts * aux["parts"] if aux else ce
+        loss = ce + ground * (aux["ground"] + aux["anchor"]) if aux else ce
         history["ce"].append(ce.item())
-        for k in ("ground", "anchor", "parts"):
+        for k in ("ground", "anchor"):
             history[k].append(aux[k].item() if aux else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -657,9 +593,9 @@ def train(
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(va_p):
             acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm, mix=mix)
             history["val"].append((step + 1, acc))
-            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor", "parts")}
+            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor")}
             log(f"step {step + 1}: loss {recent['loss']:.3f} (answers {recent['ce']:.3f}, grounding {recent['ground']:.3f}, "
-                f"anchors {recent['anchor']:.3f}, digit parts {recent['parts']:.3f}) val "
+                f"anchors {recent['anchor']:.3f}) val "
                 + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             if out_dir is not None and step + 1 < steps:  # a usable checkpoint at every validation
                 _save(model, tokenizer, out_dir, norm, mix, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
@@ -676,6 +612,7 @@ def train(
 
 
 def _read_training_json(folder: str) -> Optional[dict]:
+    """``folder/training.json`` (what :func:`train` wrote there), or None."""
     import json
     import os
 
