@@ -122,6 +122,12 @@ def test_slimvlm_eval_and_train_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "training.json").is_file()
     assert json.loads((model_dir / "training.json").read_text())["squeeze"] == 1.0
+    more = tmp_path / "m2"
+    r = slimvlm_cli("demo", "train", "--out", str(more), "--init", str(model_dir), "--images", "2", "--steps", "1",
+                    "--val", "1", "--batch-size", "2", "--no-progress", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((more / "training.json").read_text())
+    assert meta["init"] == str(model_dir) and meta["init_training"]["squeeze"] == 1.0
     r = slimvlm_cli("demo", "--model", str(model_dir), "--runs", "1", "--out", "", "-m", "none", "-m", "spatial")
     assert r.returncode == 0, r.stderr
     assert "spatial" in r.stdout
