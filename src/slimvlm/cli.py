@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_positions_arg(p, demo=True)
     p.set_defaults(func=cmd_demo)
     demo_sub = p.add_subparsers(dest="demo_command", metavar="train")
-    t = demo_sub.add_parser("train", help="train the demo VLM's projector + LM on generated scenes (from scratch, or on from --init)")
+    t = demo_sub.add_parser("train", help="train the demo VLM's projector + LM on generated scenes (from scratch, or continue one: --init)")
     t.add_argument("--out", required=True, help="output folder (model.safetensors, config.json, tokenizer, training.json)")
     t.add_argument("--images", type=int, default=1500, help="training scenes; the tower runs once on each (default 1500)")
     t.add_argument("--qa-per-image", type=int, default=32, help="questions per scene per step, at most its pool (default 32)")
