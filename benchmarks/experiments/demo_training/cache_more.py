@@ -1,5 +1,5 @@
 """Cache the tower features of training scenes [start, stop) into $EXP_DIR/train_<start>_<stop>.pt, to extend
-what cache.py wrote (``cached.load(extra=True)`` concatenates them)."""
+what cache.py wrote (``cached.load()`` appends them)."""
 import os, sys, time
 import torch
 from slimvlm.demo import scenes

@@ -14,11 +14,10 @@ EXP_DIR = os.environ.get("EXP_DIR", "/tmp/exp")
 def load():
     train = torch.load(EXP_DIR + "/train.pt", weights_only=False)
     val = torch.load(EXP_DIR + "/val.pt", weights_only=False)
-    extra = sorted(glob.glob(EXP_DIR + "/train_*_*.pt"), key=lambda p: int(re.findall(r"train_(\d+)_", p)[0]))
+    extra = sorted((int(re.findall(r"train_(\d+)_", p)[0]), p) for p in glob.glob(EXP_DIR + "/train_*_*.pt"))
     if extra:
         feats = [train[0]]
-        for path in extra:
-            start = int(re.findall(r"train_(\d+)_", path)[0])
+        for start, path in extra:
             if start != sum(f.shape[0] for f in feats):
                 raise ValueError(f"{path} does not continue the cached scenes (have {sum(f.shape[0] for f in feats)})")
             feats.append(torch.load(path, weights_only=False)[0])

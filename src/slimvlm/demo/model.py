@@ -75,6 +75,8 @@ LM_DEFAULTS = dict(
 )
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+#: how a model was trained (:func:`save_demo_model`'s ``extra``)
+TRAINING_NAME = "training.json"
 _TOWER_PREFIX = "model.vision_tower."
 
 
@@ -201,7 +203,7 @@ def save_demo_model(model, tokenizer, out_dir: str, extra: Optional[dict] = None
     model.config.to_json_file(os.path.join(out_dir, CONFIG_NAME))
     tokenizer.save_pretrained(out_dir)
     if extra is not None:
-        with open(os.path.join(out_dir, "training.json"), "w") as f:
+        with open(os.path.join(out_dir, TRAINING_NAME), "w") as f:
             json.dump(extra, f, indent=2, sort_keys=True)
     return path
 

@@ -29,7 +29,9 @@ Everything is deterministic from the seed (fixed data order, ``torch.manual_seed
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -40,6 +42,9 @@ import torch.nn.functional as F
 
 from . import scenes
 from .model import (
+    CONFIG_NAME,
+    TRAINING_NAME,
+    WEIGHTS_NAME,
     ANSWER_TOKEN,
     LM_DEFAULTS,
     N_IMAGE_TOKENS,
@@ -438,10 +443,6 @@ def check_train_options(
     init: Optional[str] = None,
 ) -> None:
     """ValueError naming the option when :func:`train` could not use it (checked before the minutes of caching)."""
-    import os
-
-    from .model import WEIGHTS_NAME
-
     if not 0.0 <= squeeze <= 1.0:
         raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
     if init is not None:
@@ -451,7 +452,7 @@ def check_train_options(
             raise ValueError(f"init must be a folder written by `slimvlm demo train`: {init} has no {WEIGHTS_NAME}")
         from transformers import LlavaConfig
 
-        text = LlavaConfig.from_json_file(os.path.join(init, "config.json")).text_config
+        text = LlavaConfig.from_json_file(os.path.join(init, CONFIG_NAME)).text_config
         n_layers = text.num_hidden_layers
     else:
         n_layers = {**LM_DEFAULTS, **(lm or {})}["num_hidden_layers"]
@@ -613,10 +614,7 @@ def train(
 
 def _read_training_json(folder: str) -> Optional[dict]:
     """``folder/training.json`` (what :func:`train` wrote there), or None."""
-    import json
-    import os
-
-    path = os.path.join(folder, "training.json")
+    path = os.path.join(folder, TRAINING_NAME)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
