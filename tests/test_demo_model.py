@@ -26,18 +26,7 @@ from slimvlm.demo.model import (  # noqa: E402
     make_inputs,
     to_pixels,
 )
-from slimvlm.demo.train import (  # noqa: E402
-    _ids,
-    block_patches,
-    cache_features,
-    check_train_options,
-    eager_in_layer,
-    neighbour_pairs,
-    pack_batch,
-    packed_logits,
-    question_pool,
-    train,
-)
+from slimvlm.demo.train import _ids, cache_features, eager_in_layer, pack_batch, packed_logits, train  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)
 
@@ -343,92 +332,3 @@ def test_eager_in_layer_matches_eager_and_keeps_only_that_layers_weights(built, 
             eager_in_layer(bad)
     with pytest.raises(ValueError, match="ground_layer"):
         train(None, ground_layer=len(layers), progress=False, steps=1, features=(feats, pools, feats[:0], []))
-
-
-def test_neighbour_pairs_and_blocks_brute_force():
-    """Head 1 / 2 / 3 read the left / upper / upper-left neighbour of every image token that has one (sequence
-    positions: patch i at 1 + i); a patch's 2 x 2 block is itself and those three neighbours."""
-    import random
-
-    side = 24
-    for h, (dr, dc) in {1: (0, -1), 2: (-1, 0), 3: (-1, -1)}.items():
-        q, k = neighbour_pairs()[h]
-        want = [(1 + r * side + c, 1 + (r + dr) * side + c + dc)
-                for r in range(side) for c in range(side) if r + dr >= 0 and c + dc >= 0]
-        assert list(zip(q.tolist(), k.tolist())) == want
-
-    def block(p):
-        r, c = divmod(p, side)
-        return {rr * side + cc for rr in (r - 1, r) for cc in (c - 1, c) if rr >= 0 and cc >= 0}
-
-    rng = random.Random(0)
-    for _ in range(40):
-        chosen = set(rng.sample(range(side * side), rng.randint(1, 6)) + [side * side - 1])
-        assert block_patches(sorted(chosen)) == [p for p in range(side * side) if block(p) & chosen]
-
-
-def test_reread_anchors_only_for_digits(built):
-    """Every digit question re-reads, at its anchor token, the blocks over the digit's patches; no other does."""
-    _, tok = built
-    n_digit = 0
-    for seed in range(30):
-        pool = question_pool(scenes.make_scene(seed), tok, 2)
-        for qt, anchors, reread in zip(pool.qtypes, pool.anchors, pool.reread):
-            if qt != "digit":
-                assert reread == []
-                continue
-            n_digit += 1
-            assert len(anchors) == 1 and anchors[0][1]
-            assert reread == [(anchors[0][0], block_patches(anchors[0][1]))]
-    assert n_digit > 5
-
-
-def test_neighbour_and_reread_losses_equal_recorded_attention(built, cached):
-    """With ``neighbours``: the two extra losses, recomputed literally from the attention weights transformers
-    returns (all-eager model); the next layer must run eager too, else a clear error."""
-    import copy
-    import math
-
-    model, tok = built
-    model = copy.deepcopy(model)
-    model.set_attn_implementation("eager")
-    feats, pools = cached
-    rows = [i for i, p in enumerate(pools) if "digit" in p.qtypes][:2]
-    assert rows, "no digit question in the cached scenes"
-    items = [list(zip(pools[i].tokens, pools[i].answers, pools[i].anchors, pools[i].reread)) for i in rows]
-    batch = pack_batch(items, **_ids(tok))
-    assert len(batch["reread"]) == sum(pools[i].qtypes.count("digit") for i in rows)
-    with torch.no_grad():
-        _, _, aux = packed_logits(model, feats[rows], batch, ground_layer=1, neighbours=True)
-        inner = model.model
-        emb = inner.get_input_embeddings()(batch["input_ids"])
-        emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[rows].float())
-        additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
-        attn = inner.language_model(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"],
-                                    output_attentions=True, use_cache=False).attentions
-    per_head = []
-    for h, (dr, dc) in {1: (0, -1), 2: (-1, 0), 3: (-1, -1)}.items():
-        nll = [-math.log(attn[1][b, h, 1 + r * 24 + c, 1 + (r + dr) * 24 + c + dc].item())
-               for b in range(len(rows)) for r in range(24) for c in range(24) if r + dr >= 0 and c + dc >= 0]
-        per_head.append(sum(nll) / len(nll))
-    assert abs(aux["neighbours"].item() - sum(per_head) / 3) < 1e-4
-    want = [-math.log(attn[2][b, 0, q, keys].sum().item()) for b, q, keys in batch["reread"]]
-    assert abs(aux["reread"].item() - sum(want) / len(want)) < 1e-4
-    model.set_attn_implementation(eager_in_layer(1))
-    with pytest.raises(RuntimeError, match=r"eager_in_layer\(1, 2\)"):
-        packed_logits(model, feats[rows], batch, ground_layer=1, neighbours=True)
-
-
-def test_train_with_neighbours_and_its_option_errors(cached, tmp_path):
-    feats, pools = cached
-    _, _, hist = train(str(tmp_path), steps=2, batch_size=2, qa_per_image=6, eval_every=0, progress=False, neighbours=1.0,
-                       features=(feats, pools, feats[:0], []), log=lambda *a: None)
-    assert len(hist["neighbours"]) == 2 and min(hist["neighbours"]) > 0
-    assert json.loads((tmp_path / "training.json").read_text())["neighbours"] == 1.0
-    for kw, msg in (({"neighbours": -1.0}, "neighbours must be >= 0"),
-                    ({"neighbours": 1.0, "squeeze": 0.5}, "squeeze"),
-                    ({"neighbours": 1.0, "ground": 0.0}, "ground > 0"),
-                    ({"neighbours": 1.0, "ground_layer": 3}, "ground_layer \\+ 1"),
-                    ({"neighbours": 1.0, "lm": {"num_attention_heads": 2, "num_key_value_heads": 2}}, "attention heads")):
-        with pytest.raises(ValueError, match=msg):
-            check_train_options(**kw)

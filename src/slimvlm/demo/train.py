@@ -54,7 +54,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "NEIGHBOUR_OFFSETS", "block_patches", "neighbour_pairs", "reread_anchors", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -72,8 +72,6 @@ class QAPool:
     qtypes: list[str]
     #: per question, its grounding anchors (:func:`question_anchors`): ``(token index, patches)`` pairs
     anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
-    #: per question, the anchors re-read one layer up (:func:`reread_anchors`; ``[]`` for most questions)
-    reread: list[list[tuple[int, list[int]]]] = field(default_factory=list)
 
 
 def box_patches(box: Sequence[int]) -> list[int]:
@@ -95,42 +93,6 @@ def centre_patches(obj) -> list[int]:
     x, y = obj.center
     h = scenes.PATCH // 2
     return box_patches((x - h, y - h, x + h, y + h))
-
-
-#: the image's side in patches (24 at 336 px)
-SIDE = scenes.IMAGE_SIZE // scenes.PATCH
-#: with ``neighbours`` (:func:`train`): head -> raster offset of the image token it is asked to read, in the
-#: grounding layer: 1 its left, 2 its upper, 3 its upper-left neighbour. Each image token then carries its 2 × 2
-#: block (itself and those three) into the next layer, so a digit's strokes keep their layout there.
-NEIGHBOUR_OFFSETS = {1: 1, 2: SIDE, 3: SIDE + 1}
-
-
-def block_patches(patches: Sequence[int]) -> list[int]:
-    """The patches whose 2 × 2 block (:data:`NEIGHBOUR_OFFSETS`: the patch and its left, upper and upper-left
-    neighbours) contains one of ``patches``: each patch itself, the one to its right, below and below-right."""
-    out = set()
-    for p in patches:
-        r, c = divmod(p, SIDE)
-        out.update(rr * SIDE + cc for rr in (r, r + 1) for cc in (c, c + 1) if rr < SIDE and cc < SIDE)
-    return sorted(out)
-
-
-def neighbour_pairs() -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per head of :data:`NEIGHBOUR_OFFSETS`, ``(queries, keys)``: sequence positions (patch i at 1 + i) of every
-    image token that has that neighbour, and of the neighbour."""
-    i = torch.arange(SIDE * SIDE)
-    r, c = i // SIDE, i % SIDE
-    has = {1: c > 0, SIDE: r > 0, SIDE + 1: (r > 0) & (c > 0)}
-    return {h: (1 + i[has[off]], 1 + i[has[off]] - off) for h, off in NEIGHBOUR_OFFSETS.items()}
-
-
-def reread_anchors(qa, anchors: Sequence[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
-    """The anchors of a ``digit`` question (:func:`question_anchors`: its phrase token, the digit's patches) with
-    :func:`block_patches` of those patches: what that token should read one layer above the grounding layer,
-    where each image token carries its 2 × 2 block (``neighbours`` in :func:`train`). ``[]`` for other types."""
-    if qa.qtype != "digit":
-        return []
-    return [(k, block_patches(ps)) for k, ps in anchors if ps]
 
 
 _SINGULAR = {plural: kind for kind, plural in scenes.PLURALS.items()}
@@ -172,7 +134,7 @@ def question_anchors(scene, qa, tokens: Sequence[str]) -> list[tuple[int, list[i
 def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
     """Unique questions of ``scene`` from ``scenes.questions`` with its default generator and ``variants - 1``
     extra seeded generators (more questions per cached image)."""
-    seen, toks, ans, qt, an, rr = set(), [], [], [], [], []
+    seen, toks, ans, qt, an = set(), [], [], [], []
     for v in range(variants):
         rng = None if v == 0 else np.random.default_rng([scene.seed, 0xDE30, v])
         for qa in scenes.questions(scene, rng):
@@ -184,8 +146,7 @@ def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
             ans.append(tokenizer.convert_tokens_to_ids(qa.answer))
             qt.append(qa.qtype)
             an.append(question_anchors(scene, qa, tokenizer.convert_ids_to_tokens(ids[:-1])))
-            rr.append(reread_anchors(qa, an[-1]))
-    return QAPool(toks, ans, qt, an, rr)
+    return QAPool(toks, ans, qt, an)
 
 
 @torch.no_grad()
@@ -232,8 +193,7 @@ def pack_batch(
 ):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
-    Items may carry a third element, the question's anchors (:func:`question_anchors`), and a fourth, its
-    :func:`reread_anchors` (→ ``reread``, laid out like ``ground``). Returns a dict with
+    Items may carry a third element, the question's anchors (:func:`question_anchors`). Returns a dict with
     ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets``
     (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``), ``ground``: ``(row, sequence position
     of the anchor token, sequence positions of its patches — ``[0]``, the ``<s>``, when it has none)`` and
@@ -252,7 +212,6 @@ def pack_batch(
             raise ValueError(f"image_spans must be ints in [1, {N_IMAGE_TOKENS}], got {bad}")
     rows = []
     ground: list[tuple[int, int, list[int]]] = []
-    reread: list[tuple[int, int, list[int]]] = []
     anchor_answers: list[tuple[int, int, int]] = []
     for row, qas in enumerate(items):
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
@@ -266,8 +225,6 @@ def pack_batch(
             anchors = qa[2] if len(qa) > 2 else ()
             for word, patches in anchors:  # anchors: that token should look at these patches
                 ground.append((row, len(ids) + word, [1 + p for p in patches] if patches else [0]))
-            for word, patches in qa[3] if len(qa) > 3 else ():
-                reread.append((row, len(ids) + word, [1 + p for p in patches]))
             if len(anchors) == 1:  # the one thing the question is about: its token should know the answer
                 anchor_answers.append((row, len(ids) + anchors[0][0], a))
             s = q + [a, eos_id]
@@ -293,7 +250,7 @@ def pack_batch(
     allowed = ((sk == 0) | (sk == sq)) & (sk >= 0) & causal
     allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty rows)
     return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets,
-            "ground": ground, "reread": reread, "anchor_answers": anchor_answers}
+            "ground": ground, "anchor_answers": anchor_answers}
 
 
 def feature_stats(feats: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,8 +322,7 @@ def unfold_phrase_mixing(model, mix: torch.Tensor) -> None:
 
 
 def packed_logits(
-    model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None, mix: Optional[torch.Tensor] = None,
-    neighbours: bool = False,
+    model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None, mix: Optional[torch.Tensor] = None
 ):
     """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``. ``norm``:
     optional ``(mean, std)`` standardising the features before the projector (training only); ``mix``: optional
@@ -379,14 +335,7 @@ def packed_logits(
       anchor token, on the patches of the objects it names, or on ``<s>`` when there are none);
     - ``"anchor"``: cross-entropy of the answer predicted (through ``lm_head``) at the anchor token of every
       one-anchor question (``batch["anchor_answers"]``): the token that looked the thing up should know the
-      answer, so ``answer:`` only has to copy it from there.
-
-    With ``neighbours`` as well (layer ``ground_layer + 1`` must run eager attention too), two more:
-
-    - ``"neighbours"``: the mean over heads h of :data:`NEIGHBOUR_OFFSETS` of ``-log`` (attention of head h of
-      ``ground_layer``, at each image token, on its neighbour at that offset), averaged over the image tokens;
-    - ``"reread"``: like ``"ground"``, for ``batch["reread"]`` on head 0 of layer ``ground_layer + 1`` (a
-      ``digit`` question's phrase token reads the 2 × 2 blocks over the digit); 0 when the batch has none."""
+      answer, so ``answer:`` only has to copy it from there."""
     inner = model.model
     table = inner.get_input_embeddings().weight
     emb = F.embedding(batch["input_ids"], table if mix is None else mix.to(table.dtype) @ table)
@@ -395,12 +344,11 @@ def packed_logits(
         feats = (feats - norm[0]) / norm[1]
     proj = inner.multi_modal_projector(feats)
     emb = torch.cat([emb[:, :1], proj, emb[:, 1 + N_IMAGE_TOKENS :]], dim=1)
-    captured: dict[int, Optional[torch.Tensor]] = {}
-    handles = []
+    captured: list[torch.Tensor] = []
+    handle = None
     if ground_layer is not None:
-        for layer in (ground_layer, ground_layer + 1) if neighbours else (ground_layer,):
-            attn = inner.language_model.layers[layer].self_attn
-            handles.append(attn.register_forward_hook(lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out[1])))
+        attn = inner.language_model.layers[ground_layer].self_attn
+        handle = attn.register_forward_hook(lambda _m, _a, out: captured.append(out[1]))
     allowed = batch["attention_mask"]  # a custom 4-D mask reaches the attention as given: make it additive
     additive = torch.zeros(allowed.shape, dtype=emb.dtype).masked_fill(~allowed, torch.finfo(emb.dtype).min)
     try:
@@ -408,25 +356,29 @@ def packed_logits(
             inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"], use_cache=False
         ).last_hidden_state
     finally:
-        for handle in handles:
+        if handle is not None:
             handle.remove()
     sel = batch["targets"] != -100
     logits, targets = model.lm_head(hidden[sel]), batch["targets"][sel]
     if ground_layer is None:
         return logits, targets
-    wanted = (ground_layer, ground_layer + 1) if neighbours else (ground_layer,)
-    if any(captured.get(layer) is None for layer in wanted):
+    if not captured or captured[0] is None:
         raise RuntimeError(
-            f"grounding needs the attention weights of LM layer(s) {list(wanted)}: run the LM with "
-            f"attn_implementation=eager_in_layer({', '.join(map(str, wanted))}) or 'eager'"
+            f"grounding needs layer {ground_layer}'s attention weights: run the LM with "
+            f"attn_implementation=eager_in_layer({ground_layer}) or 'eager'"
         )
-    aux = {"ground": _anchor_nll(captured[ground_layer], batch.get("ground", []), logits), "anchor": logits.new_zeros(())}
-    if neighbours:
-        weights = captured[ground_layer]
-        aux["neighbours"] = torch.stack([
-            -torch.log(weights[:, h][:, q, k].clamp(min=1e-6)).mean() for h, (q, k) in neighbour_pairs().items()
-        ]).mean()
-        aux["reread"] = _anchor_nll(captured[ground_layer + 1], batch.get("reread", []), logits)
+    aux = {"ground": logits.new_zeros(()), "anchor": logits.new_zeros(())}
+    items = batch.get("ground", [])
+    if items:
+        # one gather for all (row, query, key) triples, then a per-anchor sum (indexing per anchor would make
+        # autograd write a full (B, L, L) gradient per anchor)
+        rows = torch.tensor([r for r, _, pos in items for _ in pos])
+        queries = torch.tensor([q for _, q, pos in items for _ in pos])
+        keys = torch.tensor([p for _, _, pos in items for p in pos])
+        group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
+        head = captured[0][:, 0]
+        mass = head.new_zeros(len(items)).index_add(0, group, head[rows, queries, keys])
+        aux["ground"] = -torch.log(mass.clamp(min=1e-6)).mean()
     answers = batch.get("anchor_answers", [])
     if answers:
         at = torch.tensor([[r, q] for r, q, _ in answers])
@@ -435,38 +387,21 @@ def packed_logits(
     return logits, targets, aux
 
 
-def _anchor_nll(weights: torch.Tensor, items, like: torch.Tensor) -> torch.Tensor:
-    """Mean over ``items`` ``(row, query, keys)`` of ``-log`` (head 0's attention mass at the query on the keys);
-    0 without items. One gather for all triples, then a per-item sum (indexing per item would make autograd write
-    a full (B, L, L) gradient per item)."""
-    if not items:
-        return like.new_zeros(())
-    rows = torch.tensor([r for r, _, pos in items for _ in pos])
-    queries = torch.tensor([q for _, q, pos in items for _ in pos])
-    keys = torch.tensor([p for _, _, pos in items for p in pos])
-    group = torch.tensor([g for g, (_, _, pos) in enumerate(items) for _ in pos])
-    head = weights[:, 0]
-    mass = head.new_zeros(len(items)).index_add(0, group, head[rows, queries, keys])
-    return -torch.log(mass.clamp(min=1e-6)).mean()
-
-
-def eager_in_layer(layer: int, *more: int) -> str:
+def eager_in_layer(layer: int) -> str:
     """Register and return the name of an attention implementation that runs eager attention in LM layer
-    ``layer`` (and ``more``) only and sdpa elsewhere: the grounding losses need those layers' attention weights,
-    and eager attention everywhere made a training step ~1.4x slower (2.32 s vs 1.63 s measured for 8 scenes x 16
+    ``layer`` only and sdpa elsewhere: the grounding loss needs that one layer's attention weights, and eager
+    attention everywhere made a training step ~1.4x slower (2.32 s vs 1.63 s measured for 8 scenes x 16
     questions on 2 cores; identical loss)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    layers = (layer, *more)
-    for one in layers:
-        if isinstance(one, bool) or not isinstance(one, int) or one < 0:
-            raise ValueError(f"layer must be a non-negative int, got {one!r}")
-    name = "slimvlm_eager_layer" + "_".join(map(str, sorted(set(layers))))
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    name = f"slimvlm_eager_layer{layer}"
 
     def attention(module, *args, **kwargs):
-        fn = eager_attention_forward if module.layer_idx in layers else sdpa_attention_forward
+        fn = eager_attention_forward if module.layer_idx == layer else sdpa_attention_forward
         return fn(module, *args, **kwargs)
 
     AttentionInterface.register(name, attention)  # re-registering the same name is harmless
@@ -505,17 +440,11 @@ def evaluate(
 
 def check_train_options(
     *, squeeze: float = 0.0, ground: float = 1.0, ground_layer: int = 0, lm: Optional[dict] = None,
-    init: Optional[str] = None, neighbours: float = 0.0,
+    init: Optional[str] = None,
 ) -> None:
     """ValueError naming the option when :func:`train` could not use it (checked before the minutes of caching)."""
     if not 0.0 <= squeeze <= 1.0:
         raise ValueError(f"squeeze must be in [0, 1], got {squeeze}")
-    if neighbours < 0:
-        raise ValueError(f"neighbours must be >= 0, got {neighbours}")
-    if neighbours and not ground:
-        raise ValueError("neighbours needs the grounding losses (ground > 0): it re-reads what ground_layer grounds")
-    if neighbours and squeeze:
-        raise ValueError("neighbours cannot be combined with squeeze: squeezed position ids move the neighbours' offsets")
     if init is not None:
         if lm:
             raise ValueError(f"init continues the model in {init}, whose config fixes the LM: lm must be empty, got {lm}")
@@ -524,16 +453,11 @@ def check_train_options(
         from transformers import LlavaConfig
 
         text = LlavaConfig.from_json_file(os.path.join(init, CONFIG_NAME)).text_config
-        n_layers, n_heads = text.num_hidden_layers, text.num_attention_heads
+        n_layers = text.num_hidden_layers
     else:
-        merged = {**LM_DEFAULTS, **(lm or {})}
-        n_layers, n_heads = merged["num_hidden_layers"], merged["num_attention_heads"]
+        n_layers = {**LM_DEFAULTS, **(lm or {})}["num_hidden_layers"]
     if ground and not 0 <= ground_layer < n_layers:
         raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
-    if neighbours and ground_layer + 1 >= n_layers:
-        raise ValueError(f"neighbours re-reads in layer ground_layer + 1 = {ground_layer + 1}: the LM has {n_layers} layers")
-    if neighbours and n_heads <= max(NEIGHBOUR_OFFSETS):
-        raise ValueError(f"neighbours uses heads 1-{max(NEIGHBOUR_OFFSETS)}: the LM has {n_heads} attention heads")
 
 
 def train(
@@ -561,7 +485,6 @@ def train(
     ground_layer: int = 0,
     squeeze: float = 0.0,
     init: Optional[str] = None,
-    neighbours: float = 0.0,
     log=print,
 ):
     """Train projector + LM; returns ``(model, tokenizer, history)`` and saves to ``out_dir`` (when not None).
@@ -575,14 +498,8 @@ def train(
     the fraction of training rows whose 576 image tokens take only K ~ U{16..576} position ids (:func:`pack_batch`
     ``image_spans``; 0 = off, the random stream is then untouched). ``init``: a folder written by this function
     to continue training from (its projector and LM, unfolded back to the training-time parametrisation) instead of
-    a fresh random LM; the learning-rate schedule starts anew and ``training.json`` records the folder's own.
-    ``neighbours``: weight of two more training-only losses (:func:`packed_logits`): heads 1-3 of ``ground_layer``
-    at every image token read its left / upper / upper-left neighbour (:data:`NEIGHBOUR_OFFSETS`), and a
-    ``digit`` question's phrase token re-reads the digit with head 0 of the next layer, where each patch carries
-    its 2 × 2 block — a mean over single patches loses the strokes' layout (0 = off; both layers then train with
-    eager attention)."""
-    check_train_options(squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, init=init,
-                        neighbours=neighbours)  # before caching
+    a fresh random LM; the learning-rate schedule starts anew and ``training.json`` records the folder's own."""
+    check_train_options(squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, init=init)  # before caching
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -612,7 +529,7 @@ def train(
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
     if ground:
-        model.set_attn_implementation(eager_in_layer(ground_layer, *([ground_layer + 1] if neighbours else [])))
+        model.set_attn_implementation(eager_in_layer(ground_layer))
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -631,14 +548,14 @@ def train(
         n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
         warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
-        ground_layer=ground_layer, squeeze=squeeze, init=init, neighbours=neighbours,
+        ground_layer=ground_layer, squeeze=squeeze, init=init,
     )
     if init is not None:  # the provenance of what this run continues
         meta["init_training"] = _read_training_json(init)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
-    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "neighbours": [], "reread": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
+    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
     bar = _tqdm(range(steps), desc="training", unit="step", disable=not progress)
     t1 = time.perf_counter()
     for step in bar:
@@ -651,8 +568,7 @@ def train(
         for i in idx:
             p = tr_p[i]
             pick = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
-            items.append([(p.tokens[j], p.answers[j], p.anchors[j] if ground else (), p.reread[j] if neighbours else ())
-                          for j in pick])
+            items.append([(p.tokens[j], p.answers[j], p.anchors[j] if ground else ()) for j in pick])
         spans = None
         if squeeze:
             draw = torch.rand(len(idx), generator=gen) < squeeze
@@ -660,17 +576,14 @@ def train(
             spans = torch.where(draw, short, N_IMAGE_TOKENS).tolist()
         batch = pack_batch(items, **ids, image_spans=spans)
         if ground:
-            logits, tgt, aux = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix,
-                                             neighbours=bool(neighbours))
+            logits, tgt, aux = packed_logits(model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix)
         else:
             (logits, tgt), aux = packed_logits(model, tr_f[idx], batch, norm, mix=mix), {}
         ce = F.cross_entropy(logits.float(), tgt)
         loss = ce + ground * (aux["ground"] + aux["anchor"]) if aux else ce
-        if neighbours:
-            loss = loss + neighbours * (aux["neighbours"] + aux["reread"])
         history["ce"].append(ce.item())
-        for k in ("ground", "anchor", "neighbours", "reread"):
-            history[k].append(aux[k].item() if k in aux else 0.0)
+        for k in ("ground", "anchor"):
+            history[k].append(aux[k].item() if aux else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -681,10 +594,9 @@ def train(
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(va_p):
             acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm, mix=mix)
             history["val"].append((step + 1, acc))
-            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor", "neighbours", "reread")}
-            extra = f", neighbours {recent['neighbours']:.3f}, reread {recent['reread']:.3f}" if neighbours else ""
+            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor")}
             log(f"step {step + 1}: loss {recent['loss']:.3f} (answers {recent['ce']:.3f}, grounding {recent['ground']:.3f}, "
-                f"anchors {recent['anchor']:.3f}{extra}) val "
+                f"anchors {recent['anchor']:.3f}) val "
                 + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             if out_dir is not None and step + 1 < steps:  # a usable checkpoint at every validation
                 _save(model, tokenizer, out_dir, norm, mix, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
