@@ -7,6 +7,7 @@ import slimvlm.demo.train as T
 from slimvlm.demo.model import load_demo_model
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 from cached import load
+from digit_probe import patch_at, probe
 (tf, _), (vf, _) = load()
 model, tok = load_demo_model(sys.argv[1] if len(sys.argv) > 1 else "src/slimvlm/demo/weights")
 inner = model.model
@@ -25,7 +26,7 @@ def data(feats, split, n):
             o = sc.objects[qa.objects[0]]
             x0, y0, x1, y1 = o.digit_bbox; cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
             out["proj_mean"].append(proj[T.box_patches(o.digit_bbox)].mean(0))
-            out["proj_centre"].append(proj[(cy // 14) * 24 + cx // 14])
+            out["proj_centre"].append(proj[patch_at(cx, cy)])
             b = T.pack_batch([[(p.tokens[j], p.answers[j], p.anchors[j])]], **ids)
             emb = inner.get_input_embeddings()(b["input_ids"])
             emb = torch.cat([emb[:, :1], proj[None], emb[:, 577:]], 1)
@@ -36,12 +37,4 @@ def data(feats, split, n):
     return {k: torch.stack(v) for k, v in out.items()}, torch.tensor(y)
 Xt, yt = data(tf, "train", int(sys.argv[3]) if len(sys.argv) > 3 else 1500); Xv, yv = data(vf, "val", vf.shape[0])
 print("train", len(yt), "val", len(yv), flush=True)
-def probe(Xt, Xv):
-    torch.manual_seed(0)
-    mu, sd = Xt.mean(0), Xt.std(0) + 1e-6; Xt = (Xt - mu) / sd; Xv = (Xv - mu) / sd
-    net = torch.nn.Linear(Xt.shape[1], 10)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.5)
-    for it in range(400):
-        loss = torch.nn.functional.cross_entropy(net(Xt), yt); opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad(): return (net(Xv).argmax(1) == yv).float().mean().item(), (net(Xt).argmax(1) == yt).float().mean().item()
-for k in Xt: print(k, "val %.2f train %.2f" % probe(Xt[k], Xv[k]), flush=True)
+for k in Xt: print(k, "val %.2f train %.2f" % probe(Xt[k], yt, Xv[k], yv), flush=True)

@@ -4,6 +4,7 @@ import torch
 import slimvlm.demo.train as T
 from slimvlm.demo import scenes
 from slimvlm.demo.model import build_tokenizer
+from digit_probe import patch_at
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args.pop("threads", 2))
 target = args.pop("digit_target", "box"); rep = args.pop("digit_repeat", 1)
@@ -13,7 +14,7 @@ def anchors(scene, qa, tokens):
     if qa.qtype == "digit" and target == "centre":
         o = scene.objects[qa.objects[0]]
         x0, y0, x1, y1 = o.digit_bbox; cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-        out = [(k, [(cy // 14) * 24 + cx // 14] if ps else ps) for k, ps in out]
+        out = [(k, [patch_at(cx, cy)] if ps else ps) for k, ps in out]
     return out
 T.question_anchors = anchors
 from cached import load

@@ -4,6 +4,7 @@ import torch
 from slimvlm.demo import scenes
 torch.set_num_threads(2)
 from cached import load
+from digit_probe import patch_at as P
 (tf, _), (vf, _) = load()
 def data(feats, split):
     out = {"centre": [], "2x2": []}; y = []
@@ -11,7 +12,7 @@ def data(feats, split):
         for o in scenes.make_scene(s).objects:
             if o.digit is None: continue
             x0, y0, x1, y1 = o.digit_bbox; fx, fy = (x0 + x1) / 2, (y0 + y1) / 2
-            f = feats[i].float(); P = lambda x, y: int(y // 14) * 24 + int(x // 14)
+            f = feats[i].float()
             out["centre"].append(f[P(fx, fy)])
             out["2x2"].append(f[[P(fx - 7, fy - 7), P(fx + 7, fy - 7), P(fx - 7, fy + 7), P(fx + 7, fy + 7)]].flatten())
             y.append(o.digit)

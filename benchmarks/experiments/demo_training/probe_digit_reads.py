@@ -6,6 +6,7 @@ from slimvlm.demo import scenes
 from slimvlm.demo.train import box_patches
 torch.set_num_threads(2)
 from cached import load
+from digit_probe import patch_at as P, probe
 (tf, _), (vf, _) = load()
 FR = (1 / 6, 1 / 2, 5 / 6)
 def data(feats, split):
@@ -17,11 +18,10 @@ def data(feats, split):
             f = feats[i].float()
             out["mean"].append(f[box_patches(o.digit_bbox)].mean(0))
             cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-            out["centre"].append(f[(cy // 14) * 24 + cx // 14])
+            out["centre"].append(f[P(cx, cy)])
             out["c2"].append(f[box_patches((cx - 7, cy - 7, cx + 7, cy + 7))].mean(0))
-            gs = [int((y0 + fy * (y1 - y0)) // 14) * 24 + int((x0 + fx * (x1 - x0)) // 14) for fy in FR for fx in FR]
+            gs = [P(x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)) for fy in FR for fx in FR]
             out["grid"].append(f[gs].flatten())
-            P = lambda x, y: int(y // 14) * 24 + int(x // 14)
             fx, fy = (x0 + x1) / 2, (y0 + y1) / 2  # the blocks around the exact centre
             out["2x2"].append(f[[P(fx - 7, fy - 7), P(fx + 7, fy - 7), P(fx - 7, fy + 7), P(fx + 7, fy + 7)]].flatten())
             out["3x3c"].append(f[[P(fx + dx, fy + dy) for dy in (-14, 0, 14) for dx in (-14, 0, 14)]].flatten())
@@ -29,16 +29,6 @@ def data(feats, split):
     return {k: torch.stack(v) for k, v in out.items()}, torch.tensor(y)
 Xt, yt = data(tf, "train"); Xv, yv = data(vf, "val")
 print("train", len(yt), "val", len(yv), flush=True)
-def probe(Xt, Xv, kind):
-    torch.manual_seed(0)
-    mu, sd = Xt.mean(0), Xt.std(0) + 1e-6; Xt = (Xt - mu) / sd; Xv = (Xv - mu) / sd
-    d = Xt.shape[1]
-    net = torch.nn.Linear(d, 10) if kind == "linear" else torch.nn.Sequential(torch.nn.Linear(d, 512), torch.nn.GELU(), torch.nn.Dropout(0.3), torch.nn.Linear(512, 10))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.5 if kind == "linear" else 0.05)
-    for it in range(400):
-        net.train(); loss = torch.nn.functional.cross_entropy(net(Xt), yt); opt.zero_grad(); loss.backward(); opt.step()
-    net.eval()
-    with torch.no_grad(): return (net(Xv).argmax(1) == yv).float().mean().item()
 for k in Xt:
-    mlp = " mlp %.2f" % probe(Xt[k], Xv[k], "mlp") if k in ("mean", "centre", "c2", "grid") else ""
-    print(k, "lin %.2f" % probe(Xt[k], Xv[k], "linear") + mlp, flush=True)
+    mlp = " mlp %.2f" % probe(Xt[k], yt, Xv[k], yv, "mlp")[0] if k in ("mean", "centre", "c2", "grid") else ""
+    print(k, "lin %.2f" % probe(Xt[k], yt, Xv[k], yv)[0] + mlp, flush=True)
