@@ -332,3 +332,100 @@ def test_eager_in_layer_matches_eager_and_keeps_only_that_layers_weights(built, 
             eager_in_layer(bad)
     with pytest.raises(ValueError, match="ground_layer"):
         train(None, ground_layer=len(layers), progress=False, steps=1, features=(feats, pools, feats[:0], []))
+
+
+def test_pick_token_names_the_larger_object(built):
+    """The pick target of a ``larger`` question is the phrase naming the object with the larger drawn area
+    (checked from the areas, not from the generator's (big, little) record); no target for other types."""
+    from slimvlm.demo.train import pick_token, question_pool
+
+    _, tok = built
+    n = 0
+    for seed in range(60):
+        sc = scenes.make_scene(seed)
+        pool = question_pool(sc, tok, variants=2)
+        for ids, qtype, k in zip(pool.tokens, pool.qtypes, pool.picks):
+            words = tok.convert_ids_to_tokens(ids[:-1])
+            if qtype != "larger":
+                assert k is None
+                continue
+            named = [w for w in words if w in PHRASES]
+            assert len(named) == 2 and words[k] in named
+            other = next(w for w in named if w != words[k])
+            area = {o.name: o.area for o in sc.objects}
+            assert area[words[k]] > area[other]
+            n += 1
+    assert n >= 20
+    qa = scenes.QA("which is larger, the red circle or the green star?", "circle", "larger", False, (0, 1))
+    with pytest.raises(ValueError, match="expected one token"):
+        pick_token(scenes.make_scene(0), qa, ["which", "is", "larger"])
+
+
+def test_pick_loss_equals_recorded_attention(built, cached):
+    """The pick loss reads head 0 of ``pick_layer`` at each larger question's ``answer:`` on the larger phrase;
+    compare with transformers' own attention weights (output_attentions, eager). Mixed attention keeps the
+    weights of both chosen layers only."""
+    import copy
+
+    from slimvlm.demo.train import question_pool
+
+    model, tok = built
+    feats, _ = cached
+    pools = [question_pool(scenes.make_scene(s), tok, 8) for s in SEEDS]
+    items = [list(zip(p.tokens, p.answers, p.anchors, p.picks)) for p in pools[:2]]
+    batch = pack_batch(items, **_ids(tok))
+    n_larger = sum(q == "larger" for p in pools[:2] for q in p.qtypes)
+    assert len(batch["pick"]) == n_larger > 0
+    for row, qpos, (kpos,) in batch["pick"]:
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][row, qpos])) == "answer:"
+        assert tok.convert_ids_to_tokens(int(batch["input_ids"][row, kpos])) in PHRASES and kpos < qpos
+    # the picked phrase must also predict the answer (an anchor answer), with the larger question's own answer
+    larger_answers = [a for p in pools[:2] for a, q in zip(p.answers, p.qtypes) if q == "larger"]
+    anchored = {(r, q): a for r, q, a in batch["anchor_answers"]}
+    assert [anchored.get((r, k)) for r, _, (k,) in batch["pick"]] == larger_answers
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    mixed = copy.deepcopy(model)
+    mixed.set_attn_implementation(eager_in_layer(0, 2))
+    seen = {}
+    hooks = [l.self_attn.register_forward_hook(lambda m, _a, out: seen.__setitem__(m.layer_idx, out[1]))
+             for l in mixed.model.language_model.layers]
+    with torch.no_grad():
+        _, _, aux = packed_logits(eager, feats[:2], batch, ground_layer=0, pick_layer=2)
+        _, _, aux_m = packed_logits(mixed, feats[:2], batch, ground_layer=0, pick_layer=2)
+        inner = eager.model
+        emb = inner.get_input_embeddings()(batch["input_ids"])
+        emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[:2].float())
+        additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
+        out = inner.language_model(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"],
+                                   output_attentions=True, use_cache=False)
+    for h in hooks:
+        h.remove()
+    attn = out.attentions[2]
+    want = torch.stack([-torch.log(attn[r, 0, q, k].sum()) for r, q, k in batch["pick"]]).mean()
+    assert torch.allclose(aux["pick"], want, atol=1e-4)
+    assert torch.allclose(aux_m["pick"], want, atol=1e-4)
+    assert [k for k, w in seen.items() if w is not None] == [0, 2]
+    with pytest.raises(ValueError, match="ground_layer"):
+        packed_logits(eager, feats[:2], batch, pick_layer=2)
+    with pytest.raises(RuntimeError, match=r"\[0, 2\]"):
+        packed_logits(copy.deepcopy(model), feats[:2], batch, ground_layer=0, pick_layer=2)  # sdpa: no weights
+
+
+def test_train_with_pick_records_it_and_refuses_bad_options(built, cached, tmp_path):
+    from slimvlm.demo.train import check_train_options
+
+    feats, pools = cached
+    data = (feats, pools, feats[:0], [])
+    _, _, hist = train(str(tmp_path), steps=3, batch_size=4, qa_per_image=32, pick=1.0, pick_layer=2, eval_every=0,
+                       progress=False, features=data, log=lambda *a: None)
+    assert len(hist["pick"]) == 3 and all(v == v for v in hist["pick"]) and max(hist["pick"]) > 0
+    meta = json.loads((tmp_path / "training.json").read_text())
+    assert meta["pick"] == 1.0 and meta["pick_layer"] == 2
+    for kwargs, match in (
+        (dict(pick=-1.0), "pick must be >= 0"),
+        (dict(pick=1.0, ground=0.0), "pick needs ground"),
+        (dict(pick=1.0, pick_layer=4), "pick_layer must be in"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            check_train_options(**kwargs)

@@ -104,6 +104,10 @@ def test_slimvlm_demo_errors(tmp_path):
     assert r.returncode == 2 and "--squeeze" in r.stderr and "Traceback" not in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--ground-layer", "9")
     assert r.returncode == 2 and "--ground-layer must be in [0, 3]" in r.stderr and "Traceback" not in r.stderr
+    r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--pick", "1", "--pick-layer", "4")
+    assert r.returncode == 2 and "--pick-layer must be in [0, 3]" in r.stderr and "Traceback" not in r.stderr
+    r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--pick", "1", "--ground", "0")
+    assert r.returncode == 2 and "--pick needs ground" in r.stderr and "Traceback" not in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--init", str(tmp_path / "none"))
     assert r.returncode == 2 and "--init must be a folder" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists()  # refused before anything is built or written

@@ -393,14 +393,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.val < 0 or args.lr <= 0 or args.ground < 0:
             raise CLIError("--val and --ground must be >= 0 and --lr > 0")
         try:
-            check_train_options(squeeze=args.squeeze, ground=args.ground, ground_layer=args.ground_layer, init=args.init)
+            check_train_options(
+                squeeze=args.squeeze, ground=args.ground, ground_layer=args.ground_layer, init=args.init,
+                pick=args.pick, pick_layer=args.pick_layer,
+            )
         except ValueError as e:  # the option's name as the CLI spells it
             raise CLIError("--" + str(e).replace("_", "-", 1)) from None
         train(
             args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,
             threads=args.threads, progress=not args.no_progress, ground=args.ground, ground_layer=args.ground_layer,
-            squeeze=args.squeeze, init=args.init,
+            squeeze=args.squeeze, init=args.init, pick=args.pick, pick_layer=args.pick_layer,
         )
         print(f"wrote {args.out}")
         return 0
@@ -602,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--squeeze", type=float, default=0.0,
                    help="fraction of training rows whose 576 image tokens take only 16-576 position ids, so the LM "
                    "does not depend on the image being 576 positions long (reductions shorten it; default 0)")
+    t.add_argument("--pick", type=float, default=0.0,
+                   help="weight of the pick loss: at a 'which is larger' question's answer token, head 0 of LM layer "
+                   "--pick-layer must look at the phrase naming the larger object (training-only; needs --ground; default 0)")
+    t.add_argument("--pick-layer", type=int, default=1, help="LM layer of the pick head (default 1)")
     t.add_argument("--init", default=None, metavar="DIR",
                    help="continue training the model in DIR (written by this command) instead of a fresh one; "
                    "the learning-rate schedule starts anew")
