@@ -362,9 +362,10 @@ def test_pick_token_names_the_larger_object(built):
 
 
 def test_pick_loss_equals_recorded_attention(built, cached):
-    """The pick loss reads head 0 of ``pick_layer`` at each larger question's ``answer:`` on the larger phrase;
-    compare with transformers' own attention weights (output_attentions, eager). Mixed attention keeps the
-    weights of both chosen layers only."""
+    """The pick loss reads head 0 of ``pick_layer`` at each larger question's ``answer:`` on the larger phrase, plus
+    the answer's cross-entropy through that head's output alone; compare with both recomputed from transformers'
+    own attention weights and hidden states (output_attentions, eager). Mixed attention keeps the weights of both
+    chosen layers only."""
     import copy
 
     from slimvlm.demo.train import question_pool
@@ -398,11 +399,20 @@ def test_pick_loss_equals_recorded_attention(built, cached):
         emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[:2].float())
         additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
         out = inner.language_model(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"],
-                                   output_attentions=True, use_cache=False)
+                                   output_attentions=True, output_hidden_states=True, use_cache=False)
+        # the logit lens, transcribed: head 0's output = its attention weights @ its values (kv head 0 under GQA),
+        # through its slice of o_proj, the final norm and lm_head
+        lm = inner.language_model
+        layer = lm.layers[2].self_attn
+        D = layer.head_dim
+        values = layer.v_proj(lm.layers[2].input_layernorm(out.hidden_states[2]))[..., :D]
+        head0 = out.attentions[2][:, 0] @ values
+        lens = eager.lm_head(lm.norm(head0 @ layer.o_proj.weight[:, :D].T))
     for h in hooks:
         h.remove()
     attn = out.attentions[2]
     want = torch.stack([-torch.log(attn[r, 0, q, k].sum()) for r, q, k in batch["pick"]]).mean()
+    want = want + torch.stack([-torch.log_softmax(lens[r, q], -1)[batch["targets"][r, q]] for r, q, _ in batch["pick"]]).mean()
     assert torch.allclose(aux["pick"], want, atol=1e-4)
     assert torch.allclose(aux_m["pick"], want, atol=1e-4)
     assert [k for k, w in seen.items() if w is not None] == [0, 2]
