@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the pick loss: at a 'which is larger' question's answer token, head 0 of LM layer "
                    "--pick-layer must look at the phrase naming the larger object, and what it reads there must name "
                    "the answer (training-only; needs --ground; default 0)")
-    t.add_argument("--pick-layer", type=int, default=1, help="LM layer of the pick head (default 1)")
+    t.add_argument("--pick-layer", type=int, default=2, help="LM layer of the pick head (default 2: the layer it was measured in)")
     t.add_argument("--init", default=None, metavar="DIR",
                    help="continue training the model in DIR (written by this command) instead of a fresh one; "
                    "the learning-rate schedule starts anew")
