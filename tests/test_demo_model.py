@@ -439,3 +439,129 @@ def test_train_with_pick_records_it_and_refuses_bad_options(built, cached, tmp_p
     ):
         with pytest.raises(ValueError, match=match):
             check_train_options(**kwargs)
+
+
+def test_neighbour_pairs_and_blocks_brute_force():
+    """Head 1 / 2 / 3 read the left / upper / upper-left neighbour of every image token that has one (sequence
+    positions: patch i at 1 + i); a patch's 2 x 2 block is itself and those three neighbours."""
+    import random
+
+    from slimvlm.demo.train import block_patches, neighbour_pairs
+
+    side = 24
+    for h, (dr, dc) in {1: (0, -1), 2: (-1, 0), 3: (-1, -1)}.items():
+        q, k = neighbour_pairs()[h]
+        want = [(1 + r * side + c, 1 + (r + dr) * side + c + dc)
+                for r in range(side) for c in range(side) if r + dr >= 0 and c + dc >= 0]
+        assert list(zip(q.tolist(), k.tolist())) == want
+
+    def block(p):
+        r, c = divmod(p, side)
+        return {rr * side + cc for rr in (r - 1, r) for cc in (c - 1, c) if rr >= 0 and cc >= 0}
+
+    rng = random.Random(0)
+    for _ in range(40):
+        chosen = set(rng.sample(range(side * side), rng.randint(1, 6)) + [side * side - 1])
+        assert block_patches(sorted(chosen)) == [p for p in range(side * side) if block(p) & chosen]
+
+
+def test_reread_anchors_and_digit_labels(built):
+    """Every digit question re-reads, at its anchor token, the blocks over the digit's patches; no other does.
+    Every drawn digit labels the patches its pixels touch (found from the rendered box) with its own token."""
+    from slimvlm.demo.train import block_patches, question_pool
+
+    _, tok = built
+    n_digit = n_drawn = 0
+    for seed in range(30):
+        sc = scenes.make_scene(seed)
+        pool = question_pool(sc, tok, 2)
+        for qt, anchors, reread in zip(pool.qtypes, pool.anchors, pool.reread):
+            if qt != "digit":
+                assert reread == []
+                continue
+            n_digit += 1
+            assert len(anchors) == 1 and anchors[0][1]
+            assert reread == [(anchors[0][0], block_patches(anchors[0][1]))]
+        drawn = [o for o in sc.objects if o.digit is not None]
+        assert len(pool.digits) == len(drawn)
+        for (patches, label), o in zip(pool.digits, drawn):
+            x0, y0, x1, y1 = o.digit_bbox
+            touched = sorted({(y // 14) * 24 + x // 14 for y in range(y0, y1) for x in range(x0, x1)})
+            assert patches == touched and tok.convert_ids_to_tokens(label) == str(o.digit)
+            n_drawn += 1
+    assert n_digit > 5 and n_drawn > 5
+
+
+def test_digit_losses_equal_recorded_attention(built, cached):
+    """With ``digits_layer``: the neighbour, patch-lens and re-read losses, recomputed literally from the attention
+    weights and hidden states transformers returns (all-eager model); the next layer must run eager too, else a
+    clear error."""
+    import copy
+    import math
+
+    from slimvlm.demo.train import question_pool
+
+    model, tok = built
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("eager")
+    feats, _ = cached
+    pools = [question_pool(scenes.make_scene(s), tok, 8) for s in SEEDS]
+    rows = [i for i, p in enumerate(pools) if "digit" in p.qtypes][:2]
+    assert rows, "no digit question in the cached scenes"
+    items = [[(t, a, an, None, rr) for t, a, an, rr in zip(pools[i].tokens, pools[i].answers, pools[i].anchors,
+                                                        pools[i].reread)] for i in rows]
+    batch = pack_batch(items, **_ids(tok), image_labels=[pools[i].digits for i in rows])
+    assert len(batch["reread"]) == sum(pools[i].qtypes.count("digit") for i in rows)
+    assert len(batch["patch_labels"]) == sum(len(ps) for i in rows for ps, _ in pools[i].digits) > 0
+    with torch.no_grad():
+        _, _, aux = packed_logits(model, feats[rows], batch, ground_layer=1, digits_layer=2)
+        inner = model.model
+        lm = inner.language_model
+        emb = inner.get_input_embeddings()(batch["input_ids"])
+        emb[:, 1 : 1 + N_IMAGE_TOKENS] = inner.multi_modal_projector(feats[rows].float())
+        additive = torch.zeros(batch["attention_mask"].shape).masked_fill(~batch["attention_mask"], torch.finfo(torch.float32).min)
+        out = lm(inputs_embeds=emb, attention_mask=additive, position_ids=batch["position_ids"], output_attentions=True,
+                 output_hidden_states=True, use_cache=False)
+        attn = out.attentions
+        layer = lm.layers[2].self_attn
+        D = layer.head_dim
+        values = layer.v_proj(lm.layers[2].input_layernorm(out.hidden_states[2]))[..., :D]
+        head0_lens = model.lm_head(lm.norm((attn[2][:, 0] @ values) @ layer.o_proj.weight[:, :D].T))
+        patch_lens = model.lm_head(lm.norm(out.hidden_states[2]))  # the output of layer 1, the grounding layer
+    per_head = []
+    for h, (dr, dc) in {1: (0, -1), 2: (-1, 0), 3: (-1, -1)}.items():
+        nll = [-math.log(attn[1][b, h, 1 + r * 24 + c, 1 + (r + dr) * 24 + c + dc].item())
+               for b in range(len(rows)) for r in range(24) for c in range(24) if r + dr >= 0 and c + dc >= 0]
+        per_head.append(sum(nll) / len(nll))
+    assert abs(aux["neighbours"].item() - sum(per_head) / 3) < 1e-4
+    want = [-math.log(attn[2][b, 0, q, keys].sum().item()) for b, q, keys in batch["reread"]]
+    lens = [-torch.log_softmax(head0_lens[b, q], -1)[a].item() for (b, q, _), a in zip(batch["reread"], batch["reread_answers"])]
+    assert abs(aux["reread"].item() - sum(want) / len(want) - sum(lens) / len(lens)) < 1e-4
+    labelled = [(b, 1 + p, a) for b, i in enumerate(rows) for ps, a in pools[i].digits for p in ps]
+    nll = [-torch.log_softmax(patch_lens[b, q], -1)[a].item() for b, q, a in labelled]
+    assert abs(aux["patches"].item() - sum(nll) / len(nll)) < 1e-4
+    model.set_attn_implementation(eager_in_layer(1))
+    with pytest.raises(RuntimeError, match=r"\[1, 2\]"):
+        packed_logits(model, feats[rows], batch, ground_layer=1, digits_layer=2)
+    with pytest.raises(ValueError, match="ground_layer \\+ 1"):
+        packed_logits(model, feats[rows], batch, ground_layer=1, digits_layer=3)
+
+
+def test_train_with_digits_and_its_option_errors(cached, tmp_path):
+    from slimvlm.demo.train import check_train_options, question_pool
+
+    model_tok = build_tokenizer()
+    feats, _ = cached
+    pools = [question_pool(scenes.make_scene(s), model_tok, 2) for s in SEEDS]
+    _, _, hist = train(str(tmp_path), steps=2, batch_size=4, qa_per_image=32, eval_every=0, progress=False, digits=1.0,
+                       pick=1.0, features=(feats, pools, feats[:0], []), log=lambda *a: None)
+    for k in ("neighbours", "patches", "reread"):
+        assert len(hist[k]) == 2 and min(hist[k]) > 0
+    assert json.loads((tmp_path / "training.json").read_text())["digits"] == 1.0
+    for kw, msg in (({"digits": -1.0}, "digits must be >= 0"),
+                    ({"digits": 1.0, "squeeze": 0.5}, "squeeze"),
+                    ({"digits": 1.0, "ground": 0.0}, "ground > 0"),
+                    ({"digits": 1.0, "ground_layer": 3}, "ground_layer \\+ 1"),
+                    ({"digits": 1.0, "lm": {"num_attention_heads": 2, "num_key_value_heads": 2}}, "attention heads")):
+        with pytest.raises(ValueError, match=msg):
+            check_train_options(**kw)
