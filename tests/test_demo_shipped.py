@@ -106,8 +106,6 @@ def test_slimvlm_demo_errors(tmp_path):
     assert r.returncode == 2 and "--ground-layer must be in [0, 3]" in r.stderr and "Traceback" not in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--pick", "1", "--pick-layer", "4")
     assert r.returncode == 2 and "--pick-layer must be in [0, 3]" in r.stderr and "Traceback" not in r.stderr
-    r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--digits", "1", "--squeeze", "0.5")
-    assert r.returncode == 2 and "--digits cannot be combined with squeeze" in r.stderr and "Traceback" not in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--pick", "1", "--ground", "0")
     assert r.returncode == 2 and "--pick needs ground" in r.stderr and "Traceback" not in r.stderr
     r = slimvlm_cli("demo", "train", "--out", str(tmp_path / "m"), "--init", str(tmp_path / "none"))
@@ -131,10 +129,10 @@ def test_slimvlm_eval_and_train_run(tmp_path):
     assert json.loads((model_dir / "training.json").read_text())["squeeze"] == 1.0
     more = tmp_path / "m2"
     r = slimvlm_cli("demo", "train", "--out", str(more), "--init", str(model_dir), "--images", "2", "--steps", "1",
-                    "--val", "1", "--batch-size", "2", "--digits", "1", "--no-progress", "--threads", "1")
+                    "--val", "1", "--batch-size", "2", "--no-progress", "--threads", "1")
     assert r.returncode == 0, r.stderr
     meta = json.loads((more / "training.json").read_text())
-    assert meta["init"] == str(model_dir) and meta["init_training"]["squeeze"] == 1.0 and meta["digits"] == 1.0
+    assert meta["init"] == str(model_dir) and meta["init_training"]["squeeze"] == 1.0
     r = slimvlm_cli("demo", "--model", str(model_dir), "--runs", "1", "--out", "", "-m", "none", "-m", "spatial")
     assert r.returncode == 0, r.stderr
     assert "spatial" in r.stdout

@@ -395,7 +395,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             check_train_options(
                 squeeze=args.squeeze, ground=args.ground, ground_layer=args.ground_layer, init=args.init,
-                pick=args.pick, pick_layer=args.pick_layer, digits=args.digits,
+                pick=args.pick, pick_layer=args.pick_layer,
             )
         except ValueError as e:  # the option's name as the CLI spells it
             raise CLIError("--" + str(e).replace("_", "-", 1)) from None
@@ -403,7 +403,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,
             threads=args.threads, progress=not args.no_progress, ground=args.ground, ground_layer=args.ground_layer,
-            squeeze=args.squeeze, init=args.init, pick=args.pick, pick_layer=args.pick_layer, digits=args.digits,
+            squeeze=args.squeeze, init=args.init, pick=args.pick, pick_layer=args.pick_layer,
         )
         print(f"wrote {args.out}")
         return 0
@@ -610,10 +610,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "--pick-layer must look at the phrase naming the larger object, and what it reads there must name "
                    "the answer (training-only; needs --ground; default 0)")
     t.add_argument("--pick-layer", type=int, default=2, help="LM layer of the pick head (default 2: the layer it was measured in)")
-    t.add_argument("--digits", type=float, default=0.0,
-                   help="weight of the digit-reading losses: heads 1-3 of the grounding layer gather each image token's "
-                   "left / upper / upper-left neighbour, every patch under a digit must name it, and a digit question "
-                   "re-reads those 2x2 blocks one layer up (training-only; needs --ground; default 0)")
     t.add_argument("--init", default=None, metavar="DIR",
                    help="continue training the model in DIR (written by this command) instead of a fresh one; "
                    "the learning-rate schedule starts anew")

@@ -54,7 +54,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "NEIGHBOUR_OFFSETS", "block_patches", "neighbour_pairs", "reread_anchors", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -74,10 +74,6 @@ class QAPool:
     anchors: list[list[tuple[int, list[int]]]] = field(default_factory=list)
     #: per question, the token index the ``answer:`` token should attend to (:func:`pick_token`), or None
     picks: list[Optional[int]] = field(default_factory=list)
-    #: per question, the anchors re-read one layer up (:func:`reread_anchors`; ``[]`` but for ``digit`` questions)
-    reread: list[list[tuple[int, list[int]]]] = field(default_factory=list)
-    #: per digit drawn in the image: ``(its patches, the digit's token id)`` (:func:`digit_labels`)
-    digits: list[tuple[list[int], int]] = field(default_factory=list)
 
 
 def box_patches(box: Sequence[int]) -> list[int]:
@@ -99,51 +95,6 @@ def centre_patches(obj) -> list[int]:
     x, y = obj.center
     h = scenes.PATCH // 2
     return box_patches((x - h, y - h, x + h, y + h))
-
-
-#: the image's side in patches (24 at 336 px)
-SIDE = scenes.IMAGE_SIZE // scenes.PATCH
-#: with ``digits`` (:func:`train`): head -> raster offset of the image token it is asked to read, in the
-#: grounding layer: 1 its left, 2 its upper, 3 its upper-left neighbour. Each image token then carries its 2 × 2
-#: block (itself and those three) into the next layer, so a digit's strokes keep their layout there.
-NEIGHBOUR_OFFSETS = {1: 1, 2: SIDE, 3: SIDE + 1}
-
-
-def block_patches(patches: Sequence[int]) -> list[int]:
-    """The patches whose 2 × 2 block (:data:`NEIGHBOUR_OFFSETS`: the patch and its left, upper and upper-left
-    neighbours) contains one of ``patches``: each patch itself, the one to its right, below and below-right."""
-    out = set()
-    for p in patches:
-        r, c = divmod(p, SIDE)
-        out.update(rr * SIDE + cc for rr in (r, r + 1) for cc in (c, c + 1) if rr < SIDE and cc < SIDE)
-    return sorted(out)
-
-
-def neighbour_pairs() -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per head of :data:`NEIGHBOUR_OFFSETS`, ``(queries, keys)``: sequence positions (patch i at 1 + i) of every
-    image token that has that neighbour, and of the neighbour."""
-    i = torch.arange(SIDE * SIDE)
-    r, c = i // SIDE, i % SIDE
-    has = {1: c > 0, SIDE: r > 0, SIDE + 1: (r > 0) & (c > 0)}
-    return {h: (1 + i[has[off]], 1 + i[has[off]] - off) for h, off in NEIGHBOUR_OFFSETS.items()}
-
-
-def reread_anchors(qa, anchors: Sequence[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
-    """The anchors of a ``digit`` question (:func:`question_anchors`: its phrase token, the digit's patches) with
-    :func:`block_patches` of those patches: what that token should read one layer above the grounding layer,
-    where each image token carries its 2 × 2 block (``digits`` in :func:`train`). ``[]`` for other types."""
-    if qa.qtype != "digit":
-        return []
-    return [(k, block_patches(ps)) for k, ps in anchors if ps]
-
-
-def digit_labels(scene, tokenizer) -> list[tuple[list[int], int]]:
-    """Per object of ``scene`` that carries a digit: ``(the patches under the digit, the digit's token id)`` — the
-    image tokens that :func:`train`'s ``digits`` asks to name their digit (a per-patch logit lens)."""
-    return [
-        (box_patches(o.digit_bbox), tokenizer.convert_tokens_to_ids(str(o.digit)))
-        for o in scene.objects if o.digit is not None
-    ]
 
 
 _SINGULAR = {plural: kind for kind, plural in scenes.PLURALS.items()}
@@ -202,7 +153,7 @@ def pick_token(scene, qa, tokens: Sequence[str]) -> Optional[int]:
 def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
     """Unique questions of ``scene`` from ``scenes.questions`` with its default generator and ``variants - 1``
     extra seeded generators (more questions per cached image)."""
-    seen, toks, ans, qt, an, pk, rr = set(), [], [], [], [], [], []
+    seen, toks, ans, qt, an, pk = set(), [], [], [], [], []
     for v in range(variants):
         rng = None if v == 0 else np.random.default_rng([scene.seed, 0xDE30, v])
         for qa in scenes.questions(scene, rng):
@@ -216,8 +167,7 @@ def question_pool(scene, tokenizer, variants: int = 1) -> QAPool:
             words = tokenizer.convert_ids_to_tokens(ids[:-1])
             an.append(question_anchors(scene, qa, words))
             pk.append(pick_token(scene, qa, words))
-            rr.append(reread_anchors(qa, an[-1]))
-    return QAPool(toks, ans, qt, an, pk, rr, digit_labels(scene, tokenizer))
+    return QAPool(toks, ans, qt, an, pk)
 
 
 @torch.no_grad()
@@ -260,15 +210,13 @@ SQUEEZE_MIN = 16
 
 def pack_batch(
     items: Sequence[Sequence[tuple[list[int], int]]], bos_id: int, image_id: int, eos_id: int, pad_id: int,
-    image_spans: Optional[Sequence[int]] = None, image_labels: Optional[Sequence[Sequence[tuple[list[int], int]]]] = None,
+    image_spans: Optional[Sequence[int]] = None,
 ):
     """Pack per-image lists of ``(question ids ending in answer:, answer id)`` into one row per image.
 
-    Items may carry a third element, the question's anchors (:func:`question_anchors`), a fourth, its
+    Items may carry a third element, the question's anchors (:func:`question_anchors`), and a fourth, its
     :func:`pick_token` (or None) → ``pick``: ``(row, position of answer:, [position of that token])``, and that
-    token joins ``anchor_answers``, and a fifth, its :func:`reread_anchors` → ``reread`` (laid out like
-    ``ground``) with the question's answer id per entry in ``reread_answers``. ``image_labels``: optional, per
-    row, :func:`digit_labels` → ``patch_labels``: ``(row, sequence position of a patch, token id)``. Returns a dict with
+    token joins ``anchor_answers``. Returns a dict with
     ``input_ids`` (B, L), 4-D boolean ``attention_mask`` (B, 1, L, L), ``position_ids`` (B, L), ``targets``
     (B, L) (−100 except at ``answer:`` → answer and answer → ``</s>``), ``ground``: ``(row, sequence position
     of the anchor token, sequence positions of its patches — ``[0]``, the ``<s>``, when it has none)`` and
@@ -289,14 +237,7 @@ def pack_batch(
     ground: list[tuple[int, int, list[int]]] = []
     anchor_answers: list[tuple[int, int, int]] = []
     pick: list[tuple[int, int, list[int]]] = []
-    reread: list[tuple[int, int, list[int]]] = []
-    reread_answers: list[int] = []
-    patch_labels: list[tuple[int, int, int]] = []
-    if image_labels is not None and len(image_labels) != len(items):
-        raise ValueError(f"image_labels has {len(image_labels)} entries for {len(items)} rows")
     for row, qas in enumerate(items):
-        for patches, label in image_labels[row] if image_labels is not None else ():
-            patch_labels.extend((row, 1 + p, label) for p in patches)
         ids = [bos_id] + [image_id] * N_IMAGE_TOKENS
         seg = [0] * P
         span = N_IMAGE_TOKENS if image_spans is None else image_spans[row]
@@ -313,9 +254,6 @@ def pack_batch(
             if len(qa) > 3 and qa[3] is not None:  # answer: (the question's last token) should look at that token,
                 pick.append((row, len(ids) + len(q) - 1, [len(ids) + qa[3]]))
                 anchor_answers.append((row, len(ids) + qa[3], a))  # and that token should know the answer
-            for word, patches in qa[4] if len(qa) > 4 else ():
-                reread.append((row, len(ids) + word, [1 + p for p in patches]))
-                reread_answers.append(a)
             s = q + [a, eos_id]
             ids += s
             seg += [k] * len(s)
@@ -339,8 +277,7 @@ def pack_batch(
     allowed = ((sk == 0) | (sk == sq)) & (sk >= 0) & causal
     allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty rows)
     return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids, "targets": targets,
-            "ground": ground, "anchor_answers": anchor_answers, "pick": pick, "reread": reread,
-            "reread_answers": reread_answers, "patch_labels": patch_labels}
+            "ground": ground, "anchor_answers": anchor_answers, "pick": pick}
 
 
 def feature_stats(feats: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,7 +350,7 @@ def unfold_phrase_mixing(model, mix: torch.Tensor) -> None:
 
 def packed_logits(
     model, feats: torch.Tensor, batch: dict, norm=None, ground_layer: Optional[int] = None, mix: Optional[torch.Tensor] = None,
-    pick_layer: Optional[int] = None, digits_layer: Optional[int] = None,
+    pick_layer: Optional[int] = None,
 ):
     """Logits at the target positions and the targets there: ``(logits (T, V), targets (T,))``. ``norm``:
     optional ``(mean, std)`` standardising the features before the projector (training only); ``mix``: optional
@@ -433,20 +370,7 @@ def packed_logits(
     ``answer:``, on the phrase naming the larger object: :func:`pick_token`), and the cross-entropy of the answer
     read from what that head alone writes there (its output through ``o_proj``, then the final norm and
     ``lm_head``: a logit lens). From the shipped weights, the attention alone was learnt within ~200 steps
-    but what it carries was not (validation ``larger`` 0.69 at step 400, 0.67 before); with the lens term, 0.77.
-
-    With ``digits_layer`` too (``ground_layer + 1``, eager there as well), three more, for reading digits with
-    their strokes' layout (a mean over single patches loses it: a linear probe reads 0.42 from the mean of a
-    digit's tower features, 0.75 from a 2 × 2 block concatenated):
-
-    - ``"neighbours"``: the mean over heads h of :data:`NEIGHBOUR_OFFSETS` of ``-log`` (attention of head h of
-      ``ground_layer``, at each image token, on its neighbour at that offset), averaged over the image tokens;
-    - ``"patches"``: the cross-entropy of the digit read through a logit lens (final norm, ``lm_head``) from the
-      output of ``ground_layer`` at every patch under a digit (``batch["patch_labels"]``): each 2 × 2 block
-      names its digit, so a mean over the digit's blocks still does;
-    - ``"reread"``: like ``"pick"``, for ``batch["reread"]`` on head 0 of ``digits_layer`` (a ``digit``
-      question's phrase token reads the blocks over its digit) with ``batch["reread_answers"]`` as the lens
-      targets. Each is 0 when the batch has no such items."""
+    but what it carries was not (validation ``larger`` 0.69 at step 400, 0.67 before); with the lens term, 0.77."""
     inner = model.model
     table = inner.get_input_embeddings().weight
     emb = F.embedding(batch["input_ids"], table if mix is None else mix.to(table.dtype) @ table)
@@ -455,23 +379,19 @@ def packed_logits(
         feats = (feats - norm[0]) / norm[1]
     proj = inner.multi_modal_projector(feats)
     emb = torch.cat([emb[:, :1], proj, emb[:, 1 + N_IMAGE_TOKENS :]], dim=1)
-    if ground_layer is None and (pick_layer is not None or digits_layer is not None):
-        raise ValueError("pick_layer and digits_layer need ground_layer (their losses are grounding losses)")
-    if digits_layer is not None and digits_layer != ground_layer + 1:
-        raise ValueError(f"digits_layer must be ground_layer + 1 = {ground_layer + 1}, got {digits_layer}")
-    layers = inner.language_model.layers
-    wanted = sorted({layer for layer in (ground_layer, pick_layer, digits_layer) if layer is not None})
+    if pick_layer is not None and ground_layer is None:
+        raise ValueError("pick_layer needs ground_layer (the pick loss is one of the grounding losses)")
+    wanted = [layer for layer in (ground_layer, pick_layer) if layer is not None]
     captured: dict = {}
     handles = [
-        layers[layer].self_attn.register_forward_hook(lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out[1]))
+        inner.language_model.layers[layer].self_attn.register_forward_hook(
+            lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out[1])
+        )
         for layer in wanted
     ]
-    for layer in {pick_layer, digits_layer} - {None}:  # the heads' outputs before o_proj, for the logit lenses
-        handles.append(layers[layer].self_attn.o_proj.register_forward_pre_hook(
-            lambda _m, args, layer=layer: captured.__setitem__(("heads", layer), args[0])
-        ))
-    if digits_layer is not None:  # what each image token carries out of the grounding layer
-        handles.append(layers[ground_layer].register_forward_hook(lambda _m, _a, out: captured.__setitem__("out", out)))
+    if pick_layer is not None:  # the heads' outputs before o_proj, for the pick loss's logit lens
+        o_proj = inner.language_model.layers[pick_layer].self_attn.o_proj
+        handles.append(o_proj.register_forward_pre_hook(lambda _m, args: captured.__setitem__("heads", args[0])))
     allowed = batch["attention_mask"]  # a custom 4-D mask reaches the attention as given: make it additive
     additive = torch.zeros(allowed.shape, dtype=emb.dtype).masked_fill(~allowed, torch.finfo(emb.dtype).min)
     try:
@@ -496,40 +416,17 @@ def packed_logits(
         # ~e^-55 in layer 1, measured on 4 scenes), where the clamp would block the gradient
         aux["pick"] = _head0_nll(captured[pick_layer], batch.get("pick", []), logits, floor=torch.finfo(logits.dtype).tiny)
         if batch.get("pick"):
+            attn = inner.language_model.layers[pick_layer].self_attn
             at = torch.tensor([[r, q] for r, q, _ in batch["pick"]])
-            lens = _head0_lens(model, pick_layer, captured[("heads", pick_layer)], at)
+            head0 = captured["heads"][at[:, 0], at[:, 1], : attn.head_dim] @ attn.o_proj.weight[:, : attn.head_dim].T
+            lens = model.lm_head(inner.language_model.norm(head0))
             aux["pick"] = aux["pick"] + F.cross_entropy(lens.float(), batch["targets"][at[:, 0], at[:, 1]])
-    if digits_layer is not None:
-        weights = captured[ground_layer]
-        aux["neighbours"] = torch.stack([
-            -torch.log(weights[:, h][:, q, k].clamp(min=1e-6)).mean() for h, (q, k) in neighbour_pairs().items()
-        ]).mean()
-        aux["patches"] = logits.new_zeros(())
-        if batch.get("patch_labels"):
-            at = torch.tensor([[r, q] for r, q, _ in batch["patch_labels"]])
-            lens = model.lm_head(inner.language_model.norm(captured["out"][at[:, 0], at[:, 1]]))
-            aux["patches"] = F.cross_entropy(lens.float(), torch.tensor([a for _, _, a in batch["patch_labels"]]))
-        aux["reread"] = _head0_nll(captured[digits_layer], batch.get("reread", []), logits, floor=torch.finfo(logits.dtype).tiny)
-        if batch.get("reread"):
-            at = torch.tensor([[r, q] for r, q, _ in batch["reread"]])
-            lens = _head0_lens(model, digits_layer, captured[("heads", digits_layer)], at)
-            aux["reread"] = aux["reread"] + F.cross_entropy(lens.float(), torch.tensor(batch["reread_answers"]))
     answers = batch.get("anchor_answers", [])
     if answers:
         at = torch.tensor([[r, q] for r, q, _ in answers])
         anchor_logits = model.lm_head(hidden[at[:, 0], at[:, 1]])
         aux["anchor"] = F.cross_entropy(anchor_logits.float(), torch.tensor([a for _, _, a in answers]))
     return logits, targets, aux
-
-
-def _head0_lens(model, layer: int, heads: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Logits read through a logit lens (final norm, ``lm_head``) from what head 0 of LM ``layer`` alone writes
-    into the residual stream (its slice of the ``o_proj`` input ``heads`` (B, L, H·d), through its columns of
-    ``o_proj``) at the ``(row, position)`` pairs ``at`` (N, 2)."""
-    inner = model.model.language_model
-    attn = inner.layers[layer].self_attn
-    head0 = heads[at[:, 0], at[:, 1], : attn.head_dim] @ attn.o_proj.weight[:, : attn.head_dim].T
-    return model.lm_head(inner.norm(head0))
 
 
 def _head0_nll(weights: torch.Tensor, items, like: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
@@ -603,7 +500,7 @@ def evaluate(
 
 def check_train_options(
     *, squeeze: float = 0.0, ground: float = 1.0, ground_layer: int = 0, lm: Optional[dict] = None,
-    init: Optional[str] = None, pick: float = 0.0, pick_layer: int = 2, digits: float = 0.0,
+    init: Optional[str] = None, pick: float = 0.0, pick_layer: int = 2,
 ) -> None:
     """ValueError naming the option when :func:`train` could not use it (checked before the minutes of caching)."""
     if not 0.0 <= squeeze <= 1.0:
@@ -616,10 +513,9 @@ def check_train_options(
         from transformers import LlavaConfig
 
         text = LlavaConfig.from_json_file(os.path.join(init, CONFIG_NAME)).text_config
-        n_layers, n_heads = text.num_hidden_layers, text.num_attention_heads
+        n_layers = text.num_hidden_layers
     else:
-        merged = {**LM_DEFAULTS, **(lm or {})}
-        n_layers, n_heads = merged["num_hidden_layers"], merged["num_attention_heads"]
+        n_layers = {**LM_DEFAULTS, **(lm or {})}["num_hidden_layers"]
     if ground and not 0 <= ground_layer < n_layers:
         raise ValueError(f"ground_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {ground_layer}")
     if pick < 0:
@@ -628,16 +524,6 @@ def check_train_options(
         raise ValueError("pick needs ground > 0 (the pick loss is trained with the grounding losses)")
     if pick and not 0 <= pick_layer < n_layers:
         raise ValueError(f"pick_layer must be in [0, {n_layers - 1}] (the LM has {n_layers} layers), got {pick_layer}")
-    if digits < 0:
-        raise ValueError(f"digits must be >= 0, got {digits}")
-    if digits and not ground:
-        raise ValueError("digits needs ground > 0: it re-reads what ground_layer grounds")
-    if digits and squeeze:
-        raise ValueError("digits cannot be combined with squeeze: squeezed position ids move the neighbours' offsets")
-    if digits and ground_layer + 1 >= n_layers:
-        raise ValueError(f"digits re-reads in layer ground_layer + 1 = {ground_layer + 1}: the LM has {n_layers} layers")
-    if digits and n_heads <= max(NEIGHBOUR_OFFSETS):
-        raise ValueError(f"digits uses heads 1-{max(NEIGHBOUR_OFFSETS)}: the LM has {n_heads} attention heads")
 
 
 def train(
@@ -667,7 +553,6 @@ def train(
     init: Optional[str] = None,
     pick: float = 0.0,
     pick_layer: int = 2,
-    digits: float = 0.0,
     log=print,
 ):
     """Train projector + LM; returns ``(model, tokenizer, history)`` and saves to ``out_dir`` (when not None).
@@ -684,14 +569,9 @@ def train(
     a fresh random LM; the learning-rate schedule starts anew and ``training.json`` records the folder's own.
     ``pick``: weight of the ``"pick"`` loss (:func:`packed_logits`) on head 0 of LM layer ``pick_layer``: a
     ``larger`` question's ``answer:`` attends to the phrase naming the larger object (:func:`pick_token`); that
-    layer runs eager attention as well. 0 = off (the random stream is then untouched). ``digits``: weight of the
-    three digit-reading losses (:func:`packed_logits`): heads 1-3 of ``ground_layer`` gather each image token's
-    left / upper / upper-left neighbour, every patch under a digit names it through a logit lens, and a ``digit``
-    question's phrase token re-reads the digit's 2 × 2 blocks with head 0 of the next layer (eager there too).
-    0 = off."""
+    layer runs eager attention as well. 0 = off (the random stream is then untouched)."""
     check_train_options(  # before caching
-        squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, init=init, pick=pick, pick_layer=pick_layer,
-        digits=digits,
+        squeeze=squeeze, ground=ground, ground_layer=ground_layer, lm=lm, init=init, pick=pick, pick_layer=pick_layer
     )
     if threads:
         torch.set_num_threads(threads)
@@ -722,9 +602,7 @@ def train(
     log(f"cached {n_cached} images in {cache_s:.1f} s ({cache_s / max(n_cached, 1):.3f} s/img)")
 
     if ground:
-        model.set_attn_implementation(eager_in_layer(
-            ground_layer, *([pick_layer] if pick else []), *([ground_layer + 1] if digits else [])
-        ))
+        model.set_attn_implementation(eager_in_layer(ground_layer, *([pick_layer] if pick else [])))
     params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower.")]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -743,15 +621,14 @@ def train(
         n_images=n_images if features is None else len(tr_p), qa_per_image=qa_per_image, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, n_val=n_val if features is None else len(va_p), variants=variants,
         warmup=warmup, weight_decay=weight_decay, standardize=standardize, compose_phrases=compose_phrases, lm=dict(lm or {}), ground=ground,
-        ground_layer=ground_layer, squeeze=squeeze, init=init, pick=pick, pick_layer=pick_layer, digits=digits,
+        ground_layer=ground_layer, squeeze=squeeze, init=init, pick=pick, pick_layer=pick_layer,
     )
     if init is not None:  # the provenance of what this run continues
         meta["init_training"] = _read_training_json(init)
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     ids = _ids(tokenizer)
-    aux_names = ("ground", "anchor", "pick", "neighbours", "patches", "reread")
-    history = {"loss": [], "ce": [], **{k: [] for k in aux_names}, "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
+    history = {"loss": [], "ce": [], "ground": [], "anchor": [], "pick": [], "val": [], "cache_s": cache_s, "n_cached": n_cached, "step_s": None}
     bar = _tqdm(range(steps), desc="training", unit="step", disable=not progress)
     t1 = time.perf_counter()
     for step in bar:
@@ -765,8 +642,7 @@ def train(
             p = tr_p[i]
             chosen = torch.randperm(len(p.tokens), generator=gen)[:qa_per_image].tolist()
             items.append([
-                (p.tokens[j], p.answers[j], p.anchors[j] if ground else (), p.picks[j] if pick else None)
-                + ((p.reread[j],) if digits else ())
+                (p.tokens[j], p.answers[j], p.anchors[j] if ground else ()) + ((p.picks[j],) if pick else ())
                 for j in chosen
             ])
         spans = None
@@ -774,20 +650,17 @@ def train(
             draw = torch.rand(len(idx), generator=gen) < squeeze
             short = torch.randint(SQUEEZE_MIN, N_IMAGE_TOKENS + 1, (len(idx),), generator=gen)
             spans = torch.where(draw, short, N_IMAGE_TOKENS).tolist()
-        batch = pack_batch(items, **ids, image_spans=spans, image_labels=[tr_p[i].digits for i in idx] if digits else None)
+        batch = pack_batch(items, **ids, image_spans=spans)
         if ground:
             logits, tgt, aux = packed_logits(
-                model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix, pick_layer=pick_layer if pick else None,
-                digits_layer=ground_layer + 1 if digits else None,
+                model, tr_f[idx], batch, norm, ground_layer=ground_layer, mix=mix, pick_layer=pick_layer if pick else None
             )
         else:
             (logits, tgt), aux = packed_logits(model, tr_f[idx], batch, norm, mix=mix), {}
         ce = F.cross_entropy(logits.float(), tgt)
         loss = ce + ground * (aux["ground"] + aux["anchor"]) + pick * aux.get("pick", 0.0) if aux else ce
-        if digits:
-            loss = loss + digits * (aux["neighbours"] + aux["patches"] + aux["reread"])
         history["ce"].append(ce.item())
-        for k in aux_names:
+        for k in ("ground", "anchor", "pick"):
             history[k].append(aux[k].item() if k in aux else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -799,10 +672,9 @@ def train(
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps) and len(va_p):
             acc = evaluate(model, tokenizer, va_f, va_p, batch_size=batch_size, norm=norm, mix=mix)
             history["val"].append((step + 1, acc))
-            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", *aux_names)}
+            recent = {k: np.mean(history[k][-eval_every:]) for k in ("loss", "ce", "ground", "anchor", "pick")}
             log(f"step {step + 1}: loss {recent['loss']:.3f} (answers {recent['ce']:.3f}, grounding {recent['ground']:.3f}, "
-                f"anchors {recent['anchor']:.3f}" + (f", pick {recent['pick']:.3f}" if pick else "")
-                + "".join(f", {k} {recent[k]:.3f}" for k in ("neighbours", "patches", "reread") if digits) + ") val "
+                f"anchors {recent['anchor']:.3f}" + (f", pick {recent['pick']:.3f}" if pick else "") + ") val "
                 + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             if out_dir is not None and step + 1 < steps:  # a usable checkpoint at every validation
                 _save(model, tokenizer, out_dir, norm, mix, dict(meta, steps_done=step + 1, val=acc, loss=history["loss"][-1]))
