@@ -65,9 +65,9 @@ def test_shipped_weights_answer_as_recorded(shipped):
 def test_shipped_model_needs_original_positions_under_pre_llm_reduction(shipped):
     """The README's claim about the shipped LM (trained with the image always at positions 1-576): a pre-LLM
     reduction keeps much more of its accuracy when the kept tokens keep their original positions (spatial@144:
-    65.8 % original on 200 test scenes vs 38.8 % renumbered on 100; none 78.3 / 80.3 % on those). Measured on
-    these 12 scenes (66 questions) when the weights shipped: none 84.8 %, spatial 60.6 % original vs 42.4 %
-    renumbered; loose margins (spatial@144 at original positions is 12.5 points below none on 200 scenes, 24 on
+    68.5 % original on 200 test scenes vs 43.8 % renumbered on 100; none 80.7 / 83.0 % on those). Measured on
+    these 12 scenes (66 questions) when the weights shipped: none 86.4 %, spatial 66.7 % original vs 47.0 %
+    renumbered; loose margins (spatial@144 at original positions is 12.2 points below none on 200 scenes, 19.7 on
     these 12)."""
     from slimvlm.demo import evaluate as ev
 

