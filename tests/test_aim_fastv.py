@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import slimvlm
+from slimvlm._compat import cache_from_output
 from slimvlm.inllm import cache_lengths
 from slimvlm.testing import tiny_inputs, tiny_model
 
@@ -52,7 +53,7 @@ def test_kv_cache_is_shorter_after_the_cut():
     inputs = tiny_inputs(model, "llava", ["describe"])
     slim = slimvlm.apply(model, "fastv", k=2, r=0.5)
     out = slim.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-    lengths = cache_lengths(out.past_key_values)
+    lengths = cache_lengths(cache_from_output(out))
     n_visual = slim.last_stats[0].tokens_after
     assert lengths[0] == lengths[1] and lengths[2] == lengths[1] - n_visual // 2
     assert lengths[2:] == [lengths[2]] * (len(lengths) - 2)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from slimvlm._compat import cache_from_output, cache_kwarg
 from slimvlm.cost import (
     HARDWARE,
     CostReport,
@@ -230,7 +231,7 @@ def test_decode_step_flops_equal_flop_counter() -> None:
     with torch.no_grad():
         out = model(ids, use_cache=True, logits_to_keep=1)
     nxt = torch.randint(0, 200, (1, 1))
-    got = counted(lambda: model(nxt, past_key_values=out.past_key_values, use_cache=True))
+    got = counted(lambda: model(nxt, **{cache_kwarg(model): cache_from_output(out)}, use_cache=True))
     est = estimate_cost(cfg, 11, n_generate=1, convention="matmul")
     assert got == est.decode_flops_per_token == est.lm_decode_flops
 
@@ -298,7 +299,7 @@ def test_vision_param_count(tower: str) -> None:
 def test_kv_cache_bytes_equal_real_cache() -> None:
     cfg, model = tiny_lm("llama")
     with torch.no_grad():
-        cache = model(torch.randint(0, 200, (2, 13)), use_cache=True).past_key_values
+        cache = cache_from_output(model(torch.randint(0, 200, (2, 13)), use_cache=True))
     real = sum(
         t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimvlm._compat import cache_from_output
 from slimvlm.inllm import (
     InLLMPruner,
     Schedule,
@@ -278,7 +279,7 @@ def test_remove_matches_mask(family, impl, batch):
                     res = m(**inp)
                 stats = p.last_stats
                 gen = m.generate(**inp, max_new_tokens=6, do_sample=False)
-            out[mode] = (res.logits[:, -1], gen, cache_lengths(res.past_key_values), stats)
+            out[mode] = (res.logits[:, -1], gen, cache_lengths(cache_from_output(res)), stats)
         diff = (out["remove"][0] - out["mask"][0]).abs().max().item()
         assert diff <= 1e-5, (score, diff)
         assert torch.equal(out["remove"][1], out["mask"][1]), score
@@ -309,7 +310,7 @@ def test_pipeline_kwargs_beams_and_decode_cache():
             o = m.generate(
                 **prepare(m, inp, "none").kwargs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True
             )
-        res[mode] = (greedy, beams, cache_lengths(o.past_key_values))
+        res[mode] = (greedy, beams, cache_lengths(cache_from_output(o)))
     assert torch.equal(res["remove"][0], res["mask"][0])
     assert torch.equal(res["remove"][1], res["mask"][1])
     length = inp["input_ids"].shape[1]
@@ -366,7 +367,7 @@ def test_language_model_without_visual_positions_raises():
         visual, _ = visual_of(m, inp)
         p.set_visual_mask(visual)
         out = m.model.language_model(inputs_embeds=emb, use_cache=True)
-        assert cache_lengths(out.past_key_values)[2] == inp["input_ids"].shape[1] - 32
+        assert cache_lengths(cache_from_output(out))[2] == inp["input_ids"].shape[1] - 32
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
@@ -383,7 +384,7 @@ def test_batch_without_attention_mask_uses_dead_slots(impl):
             with torch.no_grad():
                 o = m(**inp)
             g = m.generate(**inp, max_new_tokens=6, do_sample=False)
-        res[mode] = (o.logits[:, -1], g, cache_lengths(o.past_key_values))
+        res[mode] = (o.logits[:, -1], g, cache_lengths(cache_from_output(o)))
     assert (res["remove"][0] - res["mask"][0]).abs().max().item() <= 1e-5
     assert torch.equal(res["remove"][1], res["mask"][1])
     length = inp["input_ids"].shape[1]

@@ -58,6 +58,8 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._compat import cache_from_output, cache_kwarg
+
 __all__ = [
     "MethodSpec",
     "BenchRow",
@@ -280,8 +282,10 @@ def _prepare_timed(st: _Setting, inputs: Mapping[str, Any]) -> tuple[Any, float,
     return prepared, enc, max(total - enc, 0.0), "difference"
 
 
-def _decode_kwargs(prepared_kwargs: Mapping[str, Any], nxt: torch.Tensor, cache: Any, step: int, mask: Any) -> dict:
-    kw: dict[str, Any] = {"input_ids": nxt, "past_key_values": cache, "use_cache": True, "logits_to_keep": 1}
+def _decode_kwargs(
+    prepared_kwargs: Mapping[str, Any], nxt: torch.Tensor, cache: Any, step: int, mask: Any, cache_name: str = "cache"
+) -> dict:
+    kw: dict[str, Any] = {"input_ids": nxt, cache_name: cache, "use_cache": True, "logits_to_keep": 1}
     if mask is not None:
         kw["attention_mask"] = mask
     pos = prepared_kwargs.get("position_ids")
@@ -299,7 +303,7 @@ def _one_run(model: nn.Module, st: _Setting, inputs: Mapping[str, Any], decode_s
         t0 = time.perf_counter()
         out = model(**kwargs, logits_to_keep=1, use_cache=True)
         pre = time.perf_counter() - t0
-        cache = out.past_key_values
+        cache = cache_from_output(out)
         llm_tokens = int(cache.get_seq_length()) if cache is not None else int(kwargs["input_ids"].shape[-1])
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         mask = kwargs.get("attention_mask")
@@ -307,12 +311,12 @@ def _one_run(model: nn.Module, st: _Setting, inputs: Mapping[str, Any], decode_s
         for j in range(decode_steps):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            step_kw = _decode_kwargs(kwargs, nxt, cache, j, mask)
+            step_kw = _decode_kwargs(kwargs, nxt, cache, j, mask, cache_kwarg(model))
             t0 = time.perf_counter()
             o = model(**step_kw)
             dec.append(time.perf_counter() - t0)
             nxt = o.logits[:, -1].argmax(-1, keepdim=True)
-            cache = o.past_key_values
+            cache = cache_from_output(o)
             del o
     del cache
     return dict(prepared=prepared, encode=enc, reduce=red, prefill=pre, decode=dec, split=split, llm_tokens=llm_tokens)

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._compat import cache_from_kwargs
 from . import scores as S
 from .schedules import Schedule, make_schedule
 
@@ -245,7 +246,7 @@ class InLLMPruner:
 
     def _layer_pre(self, layer: int, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = cache_from_kwargs(kwargs)
         if layer == 0:
             past = int(cache.get_seq_length(0)) if cache is not None else 0
             if past == 0:
@@ -465,7 +466,7 @@ class InLLMPruner:
         if self.mode == "mask":
             dropped = run.dropped[layer]
             if mask is None:
-                past = int(kwargs["past_key_values"].get_seq_length(layer))  # before this layer's update
+                past = int(cache_from_kwargs(kwargs).get_seq_length(layer))  # before this layer's update
                 extra = past + q - run.length
                 cols = torch.cat([~dropped, torch.ones(b, extra, dtype=torch.bool, device=dev)], 1)
                 kwargs["attention_mask"] = self._as_format(cols[:, None, None, :].expand(b, 1, q, -1), hidden.dtype)
@@ -480,7 +481,7 @@ class InLLMPruner:
             return args, kwargs
         slots, live = run.layouts[layer]
         width = slots.shape[1]
-        past = int(kwargs["past_key_values"].get_seq_length(layer))
+        past = int(cache_from_kwargs(kwargs).get_seq_length(layer))
         extra = past + q - width
         if mask is None:
             if self.attn_implementation == "sdpa" and bool(live.all()):
