@@ -283,7 +283,7 @@ def _prepare_timed(st: _Setting, inputs: Mapping[str, Any]) -> tuple[Any, float,
 
 
 def _decode_kwargs(
-    prepared_kwargs: Mapping[str, Any], nxt: torch.Tensor, cache: Any, step: int, mask: Any, cache_name: str = "cache"
+    prepared_kwargs: Mapping[str, Any], nxt: torch.Tensor, cache: Any, step: int, mask: Any, cache_name: str
 ) -> dict:
     kw: dict[str, Any] = {"input_ids": nxt, cache_name: cache, "use_cache": True, "logits_to_keep": 1}
     if mask is not None:
@@ -307,11 +307,12 @@ def _one_run(model: nn.Module, st: _Setting, inputs: Mapping[str, Any], decode_s
         llm_tokens = int(cache.get_seq_length()) if cache is not None else int(kwargs["input_ids"].shape[-1])
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         mask = kwargs.get("attention_mask")
+        cache_name = cache_kwarg(model)
         del out
         for j in range(decode_steps):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            step_kw = _decode_kwargs(kwargs, nxt, cache, j, mask, cache_kwarg(model))
+            step_kw = _decode_kwargs(kwargs, nxt, cache, j, mask, cache_name)
             t0 = time.perf_counter()
             o = model(**step_kw)
             dec.append(time.perf_counter() - t0)
