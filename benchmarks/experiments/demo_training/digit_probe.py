@@ -29,3 +29,17 @@ def probe(Xt, yt, Xv, yv, kind="linear"):
     net.eval()
     with torch.no_grad():
         return (net(Xv).argmax(1) == yv).float().mean().item(), (net(Xt).argmax(1) == yt).float().mean().item()
+
+
+def grid_and_block(feats, mean, std):
+    """A scene's cached features standardised as a (24, 24, C) grid, and ``block(r, c)``: the 2 × 2 block of patch
+    (r, c) — itself, left, upper, upper-left; zeros off the image — concatenated (4C)."""
+    import torch.nn.functional as F
+
+    x = ((feats.float() - mean) / std).view(SIDE, SIDE, -1)
+    xp = F.pad(x.permute(2, 0, 1), (1, 0, 1, 0)).permute(1, 2, 0)  # zero row above, zero column left
+
+    def block(r, c):
+        return torch.cat([xp[r + 1, c + 1], xp[r + 1, c], xp[r, c + 1], xp[r, c]])
+
+    return x, block

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cached import EXP_DIR
+from digit_probe import grid_and_block
 from slimvlm.demo import scenes
 from slimvlm.demo.train import box_patches, feature_stats
 
@@ -24,13 +25,12 @@ def digit_patches(seeds, feats):
     """Per scene, ``(patch feature, 2 x 2 block, digit)`` for every patch under a digit."""
     out = []
     for i, s in enumerate(seeds):
-        x = ((feats[i].float() - mean) / std).view(24, 24, -1)
-        xp = F.pad(x.permute(2, 0, 1), (1, 0, 1, 0)).permute(1, 2, 0)  # zero row above, zero column left
+        x, block = grid_and_block(feats[i], mean, std)
         rows = []
         for o in scenes.make_scene(s).objects:
             for p in box_patches(o.digit_bbox) if o.digit is not None else ():
                 r, c = divmod(p, 24)
-                rows.append((x[r, c], torch.cat([xp[r + 1, c + 1], xp[r + 1, c], xp[r, c + 1], xp[r, c]]), o.digit))
+                rows.append((x[r, c], block(r, c), o.digit))
         out.append(rows)
     return out
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cached import EXP_DIR
+from digit_probe import grid_and_block
 from slimvlm.demo import scenes
 from slimvlm.demo.app import WEIGHTS_DIR
 from slimvlm.demo.model import load_demo_model
@@ -34,13 +35,11 @@ def digit_patches(seeds, feats):
             continue
         with torch.no_grad():
             e = ln0(proj(feats[i].float())).view(24, 24, -1)
-        x = ((feats[i].float() - mean) / std).view(24, 24, -1)
-        xp = F.pad(x.permute(2, 0, 1), (1, 0, 1, 0)).permute(1, 2, 0)
+        x, block = grid_and_block(feats[i], mean, std)
         for o in digits:
             for p in box_patches(o.digit_bbox):
                 r, c = divmod(p, 24)
-                for col, v in zip(cols, (x[r, c], torch.cat([xp[r + 1, c + 1], xp[r + 1, c], xp[r, c + 1], xp[r, c]]),
-                                         e[r, c], o.digit, n_digits)):
+                for col, v in zip(cols, (x[r, c], block(r, c), e[r, c], o.digit, n_digits)):
                     col.append(v)
             n_digits += 1
     return [torch.stack(c).double() for c in cols[:3]] + [torch.tensor(cols[3]), torch.tensor(cols[4])]
