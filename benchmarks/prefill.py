@@ -14,7 +14,7 @@ Input: one 336×336 random image (576 placeholders) and 40 random text tokens (5
 
 Settings (``slimvlm.bench.benchmark``: warm-up round, then ``--runs`` interleaved rounds, medians and minima):
   none (576 visual tokens) and, at 144 and 32 visual tokens, PruMerge and PruMerge+ with a fixed budget
-  (``keep=143`` / ``31`` + the extra summary token), spatial (``keep``), ToMe (``keep``) and AIM's merge (``keep``).
+  (``keep=144`` / ``32``, the summary token counted), spatial (``keep``), ToMe (``keep``) and AIM's merge (``keep``).
 For each: encode (tower + projector [+ q/k signals]), reduce (method + rebuild), LLM prefill
 (``model(**prepared, logits_to_keep=1)``), TTFT, decode per token (median of ``--decode-steps`` steps).
 
@@ -65,7 +65,7 @@ IN_LLM_SETTINGS: list[MethodSpec] = [
     for m in BUDGETS
     for spec in (
         MethodSpec("aim", {"keep": m}, label=f"aim@{m}"),
-        MethodSpec("fastv", {"k": 2, "r": round(1 - m / 576, 6)}, label=f"fastv@{m}"),
+        MethodSpec("fastv", {"k": 2, "keep": m}, label=f"fastv@{m}"),
     )
 ]
 # ------------------------------------------------------------------------------------------------------------
@@ -75,8 +75,8 @@ def settings(budgets=BUDGETS) -> list[MethodSpec]:
     out = [MethodSpec("none")]
     for m in budgets:
         out += [
-            MethodSpec("prumerge", {"keep": m - 1}, label=f"prumerge@{m}"),
-            MethodSpec("prumerge+", {"keep": m - 1}, label=f"prumerge+@{m}"),
+            MethodSpec("prumerge", {"keep": m}, label=f"prumerge@{m}"),
+            MethodSpec("prumerge+", {"keep": m}, label=f"prumerge+@{m}"),
             MethodSpec("spatial", {"keep": m}, label=f"spatial@{m}"),
             MethodSpec("tome", {"keep": m}, label=f"tome@{m}"),
             MethodSpec("aim-merge", {"keep": m}, label=f"aim-merge@{m}"),
@@ -221,7 +221,7 @@ def markdown(rows, meta: dict) -> str:
         "",
         "In-LLM pruning (AIM progressive, FastV): "
         + (", ".join(r.label for r in rows if r.in_llm) if any(r.in_llm for r in rows)
-           else "not measured yet — add `MethodSpec(..., in_llm=..., per_layer_visual=...)` entries to "
+           else "not measured yet — add in-LLM methods (AIM, FastV) to "
                 "`IN_LLM_SETTINGS` in `benchmarks/prefill.py` and run with `--in-llm`."),
         "",
         "![prefill time vs visual tokens](prefill.png)",

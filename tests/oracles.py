@@ -120,11 +120,13 @@ def prumerge_clean_literal(
     normalize=False, extra=True,
 ):
     """slimvlm's documented clean rule, per image: own IQR fence, clamped count, raster order, stride
-    max(1, (N//m)//3) up to N; fixed PruMerge+ = ceil(K/2) top + evenly spread samples of the rest."""
+    max(1, (N//m)//3) up to N; a fixed budget K counts the summary token (K - 1 selected when 2 <= K < N and the
+    summary is on); fixed PruMerge+ = ceil(K'/2) top + evenly spread samples of the rest (K' selected)."""
     b, n, _ = features.shape
     outs, centres_all = [], []
     for bi in range(b):
         a = cls_attn[bi]
+        with_extra = extra
         if keep is None and ratio is None:
             m = per_image_outlier_count(a)
             m = max(min(min_keep, n), min(m, n if max_keep is None else min(n, max_keep)))
@@ -134,6 +136,8 @@ def prumerge_clean_literal(
                 chosen |= {i for i in range(0, n, stride)}
         else:
             total = min(n, keep) if keep is not None else max(1, min(n, int(n * ratio)))
+            with_extra = extra and 2 <= total < n  # the summary token is one of the K
+            total -= int(with_extra)
             n_top = math.ceil(total / 2) if plus else total
             chosen = set(top_indices(a, n_top))
             rest = [i for i in range(n) if i not in chosen]
@@ -144,7 +148,7 @@ def prumerge_clean_literal(
         pruned = [i for i in range(n) if i not in chosen]
         outs.append(
             token_supplement_literal(
-                features[bi], a, keys[bi], centres, pruned, k=k, normalize=normalize, extra=extra and bool(pruned)
+                features[bi], a, keys[bi], centres, pruned, k=k, normalize=normalize, extra=with_extra and bool(pruned)
             )
         )
         centres_all.append(centres)

@@ -62,11 +62,17 @@ def test_run_with_original_positions(image):
 
 
 def test_cost_reproduces_aim_numbers():
-    out = cli("cost", "--model", "qwen2-7b", "--visual", "6272", "--text", "100", "--keep", "1568", "--aim", "14,22", "--json")
+    # AIM's FLOPs script counts one layer earlier than its model code (docs/methods.md, "AIM"): the paper's
+    # (l1, l2) = (14, 22) is slimvlm's (13, 21); at (14, 22) slimvlm runs and costs 15.5 TFLOPs.
+    out = cli("cost", "--model", "qwen2-7b", "--visual", "6272", "--text", "100", "--keep", "1568",
+              "-m", "aim-merge", "-m", "aim", "-o", "l1=13", "-o", "l2=21", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     tflops = [round(r["lm_prefill_flops"] / 1e12, 1) for r in rep.values()]
     assert tflops == [99.6, 22.9, 14.8]  # AIM paper: 99.63 -> 22.90 -> 14.76 TFLOPs
+    out = cli("cost", "--model", "qwen2-7b", "--visual", "6272", "--text", "100", "--keep", "1568",
+              "-m", "aim", "-o", "l1=14", "-o", "l2=22", "--json")
+    assert [round(r["lm_prefill_flops"] / 1e12, 2) for r in json.loads(out.stdout).values()] == [99.63, 15.53]
 
 
 def test_bench_writes_rows(tmp_path):

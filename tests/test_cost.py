@@ -24,14 +24,13 @@ from slimvlm.cost import (
     LMShape,
     TokenSchedule,
     VisionShape,
-    aim_schedule,
     estimate_cost,
-    fastv_schedule,
     kv_cache_bytes,
     lm_param_count,
     projector_flops,
     roofline,
 )
+from slimvlm.inllm import aim_schedule
 
 T = 1e12  # the papers write "TB" for 10^12 FLOPs
 
@@ -66,13 +65,17 @@ AIM_PAPER_TFLOPS = {
 
 
 def aim_cases() -> dict[str, TokenSchedule]:
+    # AIM's FLOPs script (analyze_flex_prefill_only.py: keep 1 - (i - l1 + 1)/(l2 - l1) from 0-based layer i = l1)
+    # prunes one layer earlier than its model code, whose decision from layer i's attention applies from layer
+    # i + 1 — the convention slimvlm's engine runs and slimvlm.cost uses. The paper's (l1, l2) rows are therefore
+    # slimvlm's (l1 - 1, l2 - 1).
     return {
         "baseline 32x196": TokenSchedule(100, 32 * 196),
         "merge only 32x49": TokenSchedule(100, 32 * 49),
-        "AIM l1=14 l2=22": TokenSchedule.aim(100, 32 * 49, 28, 14, 22),
-        "AIM l1=7 l2=22": TokenSchedule.aim(100, 32 * 49, 28, 7, 22),
-        "AIM l1=14 l2=15": TokenSchedule.aim(100, 32 * 49, 28, 14, 15),
-        "AIM l1=7 l2=8": TokenSchedule.aim(100, 32 * 49, 28, 7, 8),
+        "AIM l1=14 l2=22": TokenSchedule.aim(100, 32 * 49, 28, 13, 21),
+        "AIM l1=7 l2=22": TokenSchedule.aim(100, 32 * 49, 28, 6, 21),
+        "AIM l1=14 l2=15": TokenSchedule.aim(100, 32 * 49, 28, 13, 14),
+        "AIM l1=7 l2=8": TokenSchedule.aim(100, 32 * 49, 28, 6, 7),
     }
 
 
@@ -92,22 +95,37 @@ def test_aim_paper_ratios() -> None:
     assert f["AIM l1=14 l2=22"] / f["baseline 32x196"] == pytest.approx(0.148, abs=0.001)
 
 
-def test_aim_schedule_which_layer_first_reduces() -> None:
-    # algorithms.md §2.3: 28-layer Qwen2, layer 14 -> 0.875, 15 -> 0.75, ..., 20 -> 0.125, 21+ -> 0.
-    s = aim_schedule(1568, 28, 14, 22)
-    assert s[:14] == [1568] * 14
-    assert s[14:21] == [1372, 1176, 980, 784, 588, 392, 196]
-    assert s[21:] == [0] * 7
-    # LLaMA-7B code path: "the same with 13 in place of 14" -> layer 13 is 0.875, zero from layer 20.
-    s = aim_schedule(72, 32, 13, 21)
-    assert s[12] == 72 and s[13] == 63 and s[19] == 9 and s[20] == 0
-    # lag=1 is the released model code's "decision from layer i applies from i+1": one layer later, more FLOPs.
-    lag = aim_schedule(1568, 28, 14, 22, lag=1)
-    assert lag[14] == 1568 and lag[15] == 1372 and lag[21] == 196 and lag[22] == 0
-    lagged = estimate_cost(QWEN2_7B, TokenSchedule(100, 1568, tuple(lag))).lm_prefill_flops / T
-    assert lagged == pytest.approx(15.53, abs=0.01)  # not the paper's 14.76: the FLOPs script used lag 0
+def test_aim_schedule_is_the_engines() -> None:
+    # The paper's formula on 1-based layer numbers, r = 1 - (l - l1)/(l2 - l1), decided at 0-based layer l - 1 and
+    # applied from 0-based layer l: 28-layer Qwen2 at (14, 22) keeps every token through 0-based layer 14, then
+    # 0.875 ... 0.125 at layers 15-21, and none from layer 22 on.
+    s = TokenSchedule.aim(100, 1568, 28, 14, 22).per_layer_visual
+    assert s[:15] == (1568,) * 15
+    assert s[15:22] == (1372, 1176, 980, 784, 588, 392, 196)
+    assert s[22:] == (0,) * 6
+    assert list(s) == aim_schedule(28, 14, 22).counts(1568)  # the pruner's own schedule
+    assert TokenSchedule.aim(100, 1568, 28).per_layer_visual == s  # the 28-layer defaults are (14, 22)
+    # LLaMA-7B defaults (13, 21): 0.875 from 0-based layer 14, zero from layer 21.
+    s = TokenSchedule.aim(0, 72, 32).per_layer_visual
+    assert s[13] == 72 and s[14] == 63 and s[20] == 9 and s[21] == 0
+    full = estimate_cost(QWEN2_7B, TokenSchedule.aim(100, 1568, 28, 14, 22)).lm_prefill_flops / T
+    assert full == pytest.approx(15.53, abs=0.01)  # one layer more than the paper's FLOPs script (14.76)
     with pytest.raises(ValueError):
-        aim_schedule(10, 28, 22, 14)
+        TokenSchedule.aim(0, 10, 28, 22, 14)
+
+
+def test_cost_and_apply_mean_the_same_layers() -> None:
+    # slimvlm cost --aim and slimvlm.apply(model, "aim", l1=, l2=) both ask the method's declaration.
+    from slimvlm.methods import get, make_config
+
+    via_method = TokenSchedule.for_method(100, 1568, 28, "aim", keep=1568, l1=14, l2=22).per_layer_visual
+    assert via_method == TokenSchedule.aim(100, 1568, 28, 14, 22).per_layer_visual
+    plan = get("aim").pruner(make_config("aim", l1=14, l2=22), 28)
+    assert list(via_method) == plan.schedule.counts(1568)
+    assert TokenSchedule.for_method(40, 576, 32, "fastv", k=2, keep=64).per_layer_visual == (576, 576) + (64,) * 30
+    assert TokenSchedule.for_method(40, 576, 32, "spatial", keep=144) == TokenSchedule(40, 144)
+    with pytest.raises(ValueError, match="per image"):
+        TokenSchedule.for_method(40, 576, 32, "prumerge+")
 
 
 def test_lm_head_convention_for_aim() -> None:
@@ -166,8 +184,8 @@ def test_flops_do_not_depend_on_dtype() -> None:
 
 
 def test_fastv_schedule_and_flops() -> None:
-    assert fastv_schedule(576, 32, 2, 0.75) == [576, 576] + [144] * 30
-    assert fastv_schedule(576, 32, 3, 0.5)[2:4] == [576, 288]
+    assert TokenSchedule.fastv(0, 576, 32, 2, 0.75).per_layer_visual == (576, 576) + (144,) * 30
+    assert TokenSchedule.fastv(0, 576, 32, 3, 0.5).per_layer_visual[2:4] == (576, 288)
     # algorithms.md §5.3: FastV K=3, R=50 % on LLaVA-1.5-7B is "57 % FLOPs" (text length not stated; 40 here).
     base = estimate_cost(VICUNA_7B, TokenSchedule(40, 576)).lm_prefill_flops
     fastv = estimate_cost(VICUNA_7B, TokenSchedule.fastv(40, 576, 32, 3, 0.5)).lm_prefill_flops
@@ -313,12 +331,13 @@ def test_kv_cache_bytes_under_pruning() -> None:
     # Qwen2-7B, AIM default: per-layer counts, 4 KV heads × 128 dims, fp16.
     s = TokenSchedule.aim(100, 1568, 28, 14, 22)
     r = estimate_cost(QWEN2_7B, s, n_generate=10)
-    per_layer = [100 + v for v in aim_schedule(1568, 28, 14, 22)]
+    per_layer = [100 + v for v in aim_schedule(28, 14, 22).counts(1568)]
     assert r.tokens_per_layer == tuple(per_layer)
     assert r.kv_cache_bytes == 2 * 4 * 128 * 2 * sum(per_layer)
     assert r.kv_cache_bytes_final == 2 * 4 * 128 * 2 * (sum(per_layer) + 28 * 10)
     unpruned = estimate_cost(QWEN2_7B, TokenSchedule(100, 1568))
-    assert r.kv_cache_bytes < 0.65 * unpruned.kv_cache_bytes
+    # 15 layers keep all 1568, layers 15-21 keep 1372 ... 196 (sum 5488), the last 6 none; 100 text tokens throughout
+    assert r.kv_cache_bytes / unpruned.kv_cache_bytes == pytest.approx((2800 + 15 * 1568 + 5488) / (28 * 1668))
 
 
 # ----------------------------------------------------------------------------------------------------------------

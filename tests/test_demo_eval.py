@@ -149,21 +149,25 @@ def test_phrase_mixing_folds_exactly(built):
 def test_default_runs_grid():
     runs = ev.default_runs()
     labels = [r.label for r in runs]
+    assert set(labels) == set(slimvlm.methods.available())  # every registered method is a line
     assert labels.count("none") == 1
     assert labels.count("prumerge") == labels.count("prumerge+") == 1 + len(ev.BUDGETS)  # adaptive + budgets
-    for lab in ("aim (merge)", "aim (merge+prune)", "tome", "visionzip", "fastv", "spatial", "sequential", "random"):
+    for lab in ("aim-merge", "aim", "tome", "visionzip", "fastv", "spatial", "sequential", "random", "pool"):
         assert labels.count(lab) == len(ev.BUDGETS)
+    assert all(r.options["keep"] == r.budget for r in runs if r.budget is not None)
     fastv = [r for r in runs if r.method == "fastv"]
-    assert [r.options["r"] for r in fastv] == [1 - b / N_IMAGE_TOKENS for b in ev.BUDGETS]
-    assert len(ev.default_runs((64,), labels=["spatial"], adaptive=False)) == 1
-    with pytest.raises(ValueError, match="unknown eval line"):
-        ev.default_runs(labels=["bogus"])
+    assert [r.options for r in fastv] == [{"k": 1, "keep": b} for b in ev.BUDGETS]  # IN_LLM_OPTIONS: after layer 0
+    assert all("k" not in r.options for r in runs if r.method != "fastv")  # only methods that take it
+    assert len(ev.default_runs((64,), methods=["spatial"], adaptive=False)) == 1
+    with pytest.raises(ValueError, match="unknown method"):
+        ev.default_runs(methods=["bogus"])
     with pytest.raises(ValueError, match="budgets"):
         ev.default_runs((0,))
     with pytest.raises(ValueError, match="budgets"):
         ev.default_runs((577,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("positions", ["renumber", "original"])
 def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
     """Oracle: each question asked alone through slimvlm.apply (own tower forward, no batching, no reuse)."""
@@ -179,19 +183,22 @@ def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
     for run, res in zip(runs, results):
         runner = slimvlm.apply(model, run.method, positions=positions, **run.options)
         assert runner.positions == positions
-        hits, small, per_type, kept = [], [], {}, []
+        hits, small, per_type, kept, core = [], [], {}, [], []
         for seed in TEST_SEEDS:
             sc = scenes.make_scene(seed)
             for qa in scenes.questions(sc):
                 ans = predict(model, tok, [sc], [qa.question], runner=runner)[0]
                 hits.append(ans == qa.answer)
                 per_type.setdefault(qa.qtype, []).append(ans == qa.answer)
+                if qa.qtype != "digit":  # the five core types: exist, count, colour-at, where, larger
+                    core.append(ans == qa.answer)
                 if qa.small:
                     small.append(ans == qa.answer)
                 kept.append(runner.last_stats[0].tokens_after)
         assert res.n == len(hits)
         assert res.accuracy == pytest.approx(sum(hits) / len(hits))
         assert res.per_type == pytest.approx({k: sum(v) / len(v) for k, v in per_type.items()})
+        assert res.core == pytest.approx(sum(core) / len(core))
         assert res.n_small == len(small)
         if small:
             assert res.small == pytest.approx(sum(small) / len(small))
@@ -209,7 +216,7 @@ def test_evaluate_runs_equals_one_question_at_a_time(built, positions):
 def test_csv_round_trip_plot_and_table(tmp_path):
     def res(label, method, budget, tokens, acc):
         return ev.EvalResult(ev.EvalRun(label, method, {"keep": budget} if budget else {}, budget), 10, acc,
-                             {"exist": acc, "count": acc / 2}, acc / 3, 4, tokens, tokens)
+                             {"exist": acc, "count": acc / 2, "digit": acc / 4}, acc / 3, 4, tokens, tokens, core=acc * 1.1)
 
     results = [res("none", "none", None, 576, 0.9), res("spatial", "spatial", 64, 64, 0.5),
                res("spatial", "spatial", 32, 32, 0.4), res("prumerge", "prumerge", None, 80, 0.7)]
@@ -218,12 +225,22 @@ def test_csv_round_trip_plot_and_table(tmp_path):
     rows = ev.read_csv(str(path))
     assert [r["label"] for r in rows] == ["none", "spatial", "spatial", "prumerge"]
     assert [r["budget"] for r in rows] == ["576", "64", "32", "adaptive"]
-    assert rows[1]["accuracy"] == 0.5 and rows[1]["acc_count"] == 0.25 and math.isnan(rows[1]["acc_digit"])
+    assert rows[1]["accuracy"] == 0.5 and rows[1]["acc_count"] == 0.25 and math.isnan(rows[1]["acc_where"])
+    assert rows[1]["acc_core"] == pytest.approx(0.55)
     ev.plot(rows, str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = ev.markdown_table(results)
-    lines = table.strip().splitlines()
-    assert len(lines) == 2 + 3  # header, rule, one row per line
-    assert "| spatial |" in table and "50.0" in table and "70.0 (80)" in table
+    _, core, full = table.split("Accuracy (%)")
+    assert "five core question types" in core and "all questions" in full
+    for part in (core, full):
+        body = [line for line in part.splitlines() if line.startswith("| ") and "method" not in line]
+        assert [line.split(" | ")[0] for line in body] == ["| none", "| spatial", "| prumerge"]
+    assert "| spatial |  | 55.0 | 44.0 |  |" in core  # core accuracy per budget (576, 64, 32, adaptive)
+    assert "| prumerge |  |  |  | 77.0 (80) |" in core
+    # digit and small-object accuracy at 64 (evaluated here); the unreduced row at its 576
+    assert "digit @ 64 | small-object @ 64" in full
+    assert "| spatial |  | 50.0 | 40.0 |  | 12.5 | 16.7 |" in full and "| none | 90.0 |  |  |  | 22.5 | 30.0 |" in full
+    only_32 = ev.markdown_table([results[0], results[2]])
+    assert "digit @ 32" in only_32 and "@ 64" not in only_32  # no column for a budget that was not evaluated
     with pytest.raises(ValueError, match="no results"):
         ev.write_csv([], str(path))

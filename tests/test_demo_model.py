@@ -133,6 +133,7 @@ def test_image_spans_squeeze_positions_only(built, cached):
         train(None, squeeze=1.5, progress=False, features=(cached[0], pools, cached[0][:0], []))
 
 
+@pytest.mark.slow
 def test_short_training_lowers_loss_and_save_load(built, cached, tmp_path):
     feats, pools = cached
     model, tok, hist = train(

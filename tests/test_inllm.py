@@ -125,9 +125,7 @@ def test_per_layer_schedule_validation():
         per_layer_schedule([1, 1.5])
     with pytest.raises(ValueError, match="language model has 4"):
         make_schedule([1, 0.5], 4)
-    with pytest.raises(ValueError, match="unknown schedule"):
-        make_schedule("nope", 4)
-    assert isinstance(make_schedule("pdrop", 4), Schedule)
+    assert make_schedule(pyramiddrop_schedule(4), 4) == pyramiddrop_schedule(4)
 
 
 def test_pruner_rejects_bad_arguments():

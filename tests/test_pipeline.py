@@ -92,10 +92,7 @@ def expected_after(method: str, opts: dict, before: int, frames: int) -> int | N
         k = min(opts["keep"], per_frame)
     else:
         k = max(1, min(per_frame, int(per_frame * opts["ratio"])))
-    k *= frames
-    if method in ("prumerge", "prumerge+"):
-        k += frames  # the clean-mode summary ("extra") token comes on top of the budget
-    return k
+    return k * frames  # every token counts, PruMerge's summary token included
 
 
 def item_layout(model, fam: str, inputs) -> list[dict]:

@@ -106,9 +106,7 @@ def expected_after(method: str, opts: dict, n_free_per_frame: int, frames: int, 
         return n_free_per_frame * frames + n_protected
     if not opts:
         return None
-    k = min(opts["keep"], n_free_per_frame)
-    if method in ("prumerge", "prumerge+"):
-        k += 1  # the clean-mode summary token
+    k = min(opts["keep"], n_free_per_frame)  # every token counts, PruMerge's summary token included
     return k * frames + n_protected
 
 
@@ -177,7 +175,7 @@ def test_pre_projector_encoder_gives_stock_tokens(fam, modality):
     inputs = make_inputs(model, fam, modality, 2)
     adapter = adapter_for(model)
     items = stock_items(model, inputs)
-    for req in (SignalRequest(-1, "prumerge"), SignalRequest(-2, "visionzip")):
+    for req in (SignalRequest(-1, "full_width"), SignalRequest(-2, "head_mean")):
         with torch.no_grad():
             enc = adapter.encode(inputs, need_pre=True, signals=req)
         assert len(enc) == len(items)
@@ -327,7 +325,7 @@ def test_protected_tokens_survive_at_their_places(fam, modality, method, opts):
     # the pipeline's own per-item result, with the source position of every injected token
     adapter = adapter_for(model)
     info_needs_tower = method in ("prumerge", "prumerge+", "visionzip")
-    req = SignalRequest(-2, "visionzip") if method == "visionzip" else SignalRequest(-1, "prumerge")
+    req = SignalRequest(-2, "head_mean") if method == "visionzip" else SignalRequest(-1, "full_width")
     with torch.no_grad():
         enc = adapter.encode(inputs, need_pre=info_needs_tower, signals=req if info_needs_tower else None)
         reduced = [reduce_item(it, method, make_config(method, **opts), adapter, info_needs_tower) for it in enc]
@@ -385,7 +383,7 @@ def test_video_adaptive_count_is_the_sum_over_frames(fam, modality):
         slim(**inputs)
     (stat,) = slim.last_stats
     with torch.no_grad():
-        (it,) = adapter_for(model).encode(inputs, need_pre=True, signals=SignalRequest(-1, "prumerge"))
+        (it,) = adapter_for(model).encode(inputs, need_pre=True, signals=SignalRequest(-1, "full_width"))
     free = ~it.protected if it.protected is not None else torch.ones(it.num_tokens, dtype=torch.bool)
     f = it.frames
     feats = it.pre[free].reshape(f, -1, it.pre.shape[-1])
@@ -407,7 +405,7 @@ def test_video_frames_are_reduced_independently(fam, modality, method, opts):
     other["pixel_values_videos"] = pvv
     adapter = adapter_for(model)
     cls = method in ("prumerge", "visionzip")
-    req = SignalRequest(-2, "visionzip") if method == "visionzip" else SignalRequest(-1, "prumerge")
+    req = SignalRequest(-2, "head_mean") if method == "visionzip" else SignalRequest(-1, "full_width")
     outs = []
     for inp in (inputs, other):
         with torch.no_grad():
@@ -440,7 +438,7 @@ def test_onevision_multi_image_respects_batch_num_images():
         out = slim.generate(**inputs, **GEN, do_sample=False)
         assert out.shape[0] == 2
         # base-tile-only images keep their square grid and their one newline
-        assert [s.tokens_after for s in slim.last_stats][:2] == [8 + 1 + (method == "prumerge")] * 2
+        assert [s.tokens_after for s in slim.last_stats][:2] == [8 + 1] * 2
     no_bni = {k: v for k, v in inputs.items() if k != "batch_num_images"}
     with pytest.raises(ValueError, match="batch_num_images"):
         apply(model, "none").generate(**no_bni, **GEN)
@@ -453,8 +451,8 @@ def test_onevision_downscaled_image_reduces_llm_tokens():
     inputs = T.tiny_inputs(model, "llava-onevision", ["a"], image_sizes=(128, 96))
     adapter = adapter_for(model)
     with torch.no_grad():
-        (it,) = adapter.encode(inputs, need_pre=True, signals=SignalRequest(-1, "prumerge"))
-    assert it.extra.get("post") and torch.equal(it.pre, it.tokens)
+        (it,) = adapter.encode(inputs, need_pre=True, signals=SignalRequest(-1, "full_width"))
+    assert it.projected and torch.equal(it.pre, it.tokens)
     (_, tokens, _), = stock_items(model, inputs)
     assert torch.equal(it.tokens, tokens)
     n_tiles = int(adapter.tile_counts(inputs)[0])

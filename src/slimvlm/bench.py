@@ -18,13 +18,11 @@ methods (registry names with options), in these phases:
     one single-token forward from the prefill cache (greedy token fed back), median over ``decode_steps``
     steps of every run.
 
-How the split is taken: ``prepare`` is run through the pipeline's own ``_prepare`` with the adapter's
-``encode`` wrapped by a timer, so encode and reduce come from the *same* call and add up to the whole
-``prepare`` (no code of the pipeline is duplicated or patched). If that private entry point is ever missing,
-the whole ``prepare`` is timed as encode+reduce, the adapter's ``encode`` is timed alone in a separate call,
-and reduce = the difference (``split="difference"`` in the rows; noisier).
+How the split is taken: through the public staged calls, :func:`slimvlm.pipeline.encode` (timed as encode),
+then the wrapper's ``prepare(items=...)`` on those items (timed as reduce); together they are exactly what one
+``prepare`` does (``split="staged"`` in the rows).
 
-Defaults follow transformers5.md §5 (CPU): one thread (``torch.set_num_threads(1)`` inside, restored after),
+Defaults (CPU): one thread (``torch.set_num_threads(1)`` inside, restored after),
 ``torch.no_grad()``, ``time.perf_counter``, one warm-up round, medians (and minima) of ``runs`` rounds. Rounds
 are interleaved across methods (round 1 of every method, then round 2, ...) so that load changes on a shared
 machine hit every method alike. The model is used as given: run it in float32 on CPU (bf16/fp16 matmuls are
@@ -35,9 +33,10 @@ Results are :class:`BenchRow` dataclasses: :func:`to_csv` / :func:`to_json` writ
 time against visual tokens per method beside the analytic FLOPs line (:func:`analytic_prefill_flops`, from
 ``slimvlm.cost`` when available).
 
-In-LLM pruning (AIM's progressive pruning, FastV) happens inside the prefill, not in ``prepare``: give such a
-method as a :class:`MethodSpec` with ``in_llm`` (a context-manager factory active around the prefill and the
-decode steps) and ``per_layer_visual`` (its per-layer visual-token schedule, for the analytic FLOPs).
+In-LLM pruning (AIM's progressive pruning, FastV) happens inside the prefill, not in ``prepare``: a method that
+declares a pruner gets it around the prefill and the decode steps, and its per-layer schedule in the analytic
+FLOPs. Other pruning hooks (an :class:`~slimvlm.inllm.InLLMPruner` with a custom schedule, say) are given as a
+:class:`MethodSpec` with ``in_llm`` (a context-manager factory) and ``per_layer_visual``.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ import contextlib
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -82,11 +80,11 @@ class MethodSpec:
         method: a registry name (``slimvlm.methods.available()``); checked up front (ValueError otherwise).
         options: the method's config fields (``keep=144``, ``ratio=0.25``, ...).
         label: the name in tables and plots (default: ``method`` plus its options).
-        in_llm: HOOK for in-LLM pruning (AIM progressive pruning / FastV, built in ``slimvlm.inllm``):
-            ``in_llm(model)`` returns a context manager that is entered around the prefill and the decode
-            steps (not around encode / reduce). ``None`` for pre-LLM methods.
-        per_layer_visual: for in-LLM methods, ``per_layer_visual(n_visual, num_layers)`` → visual tokens kept
-            at each decoder layer (e.g. ``slimvlm.cost.fastv_schedule``), used for the analytic FLOPs.
+        in_llm: an extra in-LLM pruning hook: ``in_llm(model)`` returns a context manager entered around the
+            prefill and the decode steps (not around encode / reduce), instead of the method's own pruner (methods
+            that declare one, AIM and FastV, need nothing here).
+        per_layer_visual: with ``in_llm``, ``per_layer_visual(n_visual, num_layers)`` → visual tokens kept at each
+            decoder layer (e.g. ``Schedule.counts``), used for the analytic FLOPs.
     """
 
     method: str
@@ -175,38 +173,17 @@ class BenchRow:
 # ---------------------------------------------------------------------------------------------------- analytic
 
 
-def _local_prefill_flops(config: Any, n_text: int, per_layer_visual: Sequence[int], n_layers: int) -> float:
-    """Fallback matmul-only prefill FLOPs (q/k/v/o with GQA, QKᵀ + AV over the full n×n, SwiGLU MLP, LM head on
-    one token), 2 FLOPs per multiply-add — the same counting as ``slimvlm.cost`` with ``convention="matmul"``."""
-    tc = config.get_text_config() if hasattr(config, "get_text_config") else config
-    h, inter, heads = tc.hidden_size, tc.intermediate_size, tc.num_attention_heads
-    kv = getattr(tc, "num_key_value_heads", None) or heads
-    d = getattr(tc, "head_dim", None) or h // heads
-    total = 0.0
-    for v in per_layer_visual:
-        n = n_text + v
-        total += 2.0 * n * (h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * inter)
-        total += 4.0 * heads * n * n * d
-    return total + 2.0 * h * tc.vocab_size
-
-
 def analytic_prefill_flops(
     config: Any, n_text: int, n_visual: int, per_layer_visual: Sequence[int] | None = None
 ) -> tuple[float, str]:
     """Analytic FLOPs of one LLM prefill (``logits_to_keep=1``) with ``n_text`` text and ``n_visual`` visual
     tokens (optionally a per-layer visual schedule), and where the number comes from.
 
-    Uses ``slimvlm.cost.estimate_cost(config, TokenSchedule(...), lm_head="last", convention="matmul")`` (the
-    matmuls a CPU forward runs; full n×n attention) when that module is importable, else the same formula
-    here (source ``"local"``)."""
-    tc = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = int(tc.num_hidden_layers)
-    sched = list(per_layer_visual) if per_layer_visual is not None else [n_visual] * n_layers
-    try:
-        from .cost import TokenSchedule, estimate_cost
-    except ImportError:
-        return _local_prefill_flops(config, n_text, sched, n_layers), "local"
-    schedule = TokenSchedule(n_text, n_visual, tuple(sched) if per_layer_visual is not None else None)
+    Uses ``slimvlm.cost.estimate_cost(config, TokenSchedule(...), lm_head="last", convention="matmul")``: the
+    matmuls a CPU forward runs, full n×n attention."""
+    from .cost import TokenSchedule, estimate_cost
+
+    schedule = TokenSchedule(n_text, n_visual, tuple(per_layer_visual) if per_layer_visual is not None else None)
     rep = estimate_cost(config, schedule, lm_head="last", convention="matmul")
     return float(rep.lm_prefill_flops), "slimvlm.cost (matmul, lm_head=last)"
 
@@ -214,72 +191,45 @@ def analytic_prefill_flops(
 # ---------------------------------------------------------------------------------------------------- timing
 
 
-class _Timed:
-    """Wraps a callable; records the wall time of each call."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
-        self.last = 0.0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.last = time.perf_counter() - t0
-
-
 @dataclass
 class _Setting:
     spec: MethodSpec
-    adapter: Any
-    config: Any
-    timer: _Timed
+    slim: Any  # slimvlm.pipeline.SlimVLM
     times: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("encode", "reduce", "prefill", "ttft", "decode")})
     info: dict[str, Any] = field(default_factory=dict)
 
+    def pruning(self, model: nn.Module) -> ContextManager:
+        """The in-LLM pruning active around prefill and decode: the spec's hook, the method's pruner, or none."""
+        if self.spec.in_llm is not None:
+            return self.spec.in_llm(model)
+        return self.slim.pruner if self.slim.pruner is not None else contextlib.nullcontext()
+
+    def layer_counts(self, n_visual: int, num_layers: int) -> list[int] | None:
+        """Visual tokens per LLM layer for ``n_visual`` entering it; None: every layer sees them all."""
+        if self.spec.per_layer_visual is not None:
+            return list(self.spec.per_layer_visual(n_visual, num_layers))
+        if self.slim.pruner is None:
+            return None
+        return self.slim.info.layer_counts(self.slim.config_, n_visual, num_layers)
+
 
 def _make_setting(model: nn.Module, spec: MethodSpec) -> _Setting:
-    from . import pipeline
-    from .methods import get as get_method
-    from .methods import make_config
-    from .models import adapter_for
+    from .pipeline import apply
 
-    info = get_method(spec.method)  # ValueError naming the known methods
-    config = make_config(spec.method, **dict(spec.options))
-    if info.stage == "in_llm" and spec.in_llm is None:  # AIM / FastV: the pipeline's own pruner, exact schedule
-        pruner = pipeline._make_pruner(model, spec.method, config)
-        spec = dataclasses.replace(
-            spec, in_llm=lambda _model: pruner, per_layer_visual=lambda n, _layers: pruner.schedule.counts(n)
-        )
-    adapter = adapter_for(model)
-    check = getattr(pipeline, "_signal_request", None)
-    if check is not None:
-        check(adapter, spec.method)  # refuse [CLS]-signal methods on towers without signals
-    timer = _Timed(adapter.encode)
-    adapter.encode = timer  # instance attribute: only this adapter object, never the class
-    return _Setting(spec, adapter, config, timer)
+    return _Setting(spec, apply(model, spec.method, **dict(spec.options)))  # ValueError for bad names / options
 
 
-def _prepare_timed(st: _Setting, inputs: Mapping[str, Any]) -> tuple[Any, float, float, str]:
-    """``(Prepared, encode_s, reduce_s, split)``."""
-    from . import pipeline
+def _prepare_timed(st: _Setting, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Any, float, float]:
+    """``(Prepared, encode_s, reduce_s)``: the public :func:`~slimvlm.pipeline.encode`, then ``prepare`` on its
+    items."""
+    from .pipeline import Prepared, encode
 
-    private = getattr(pipeline, "_prepare", None)
-    if private is not None:
-        t0 = time.perf_counter()
-        prepared = private(st.adapter, inputs, st.spec.method, st.config, dict(st.spec.options))
-        total = time.perf_counter() - t0
-        enc = st.timer.last
-        return prepared, enc, max(total - enc, 0.0), "staged"
-    # fallback: the whole public prepare as encode+reduce, the tower alone as encode, reduce = the difference
     t0 = time.perf_counter()
-    prepared = pipeline.prepare(st.adapter.model, inputs, st.spec.method, **dict(st.spec.options))
-    total = time.perf_counter() - t0
-    info = pipeline.get_method(st.spec.method)
-    st.timer(inputs, need_pre=info.stage == "pre_projector", signals=pipeline._signal_request(st.adapter, st.spec.method))
-    enc = st.timer.last
-    return prepared, enc, max(total - enc, 0.0), "difference"
+    items = encode(model, inputs, st.spec.method)
+    t1 = time.perf_counter()
+    kwargs = st.slim.prepare(items=items, **inputs)
+    t2 = time.perf_counter()
+    return Prepared(kwargs, st.slim.last_stats, st.spec.method, dict(st.spec.options)), t1 - t0, t2 - t1
 
 
 def _decode_kwargs(
@@ -295,11 +245,10 @@ def _decode_kwargs(
 
 
 def _one_run(model: nn.Module, st: _Setting, inputs: Mapping[str, Any], decode_steps: int) -> dict[str, Any]:
-    prepared, enc, red, split = _prepare_timed(st, inputs)
+    prepared, enc, red = _prepare_timed(st, model, inputs)
     kwargs = prepared.kwargs
-    ctx = st.spec.in_llm(model) if st.spec.in_llm is not None else contextlib.nullcontext()
     dec: list[float] = []
-    with ctx:
+    with st.pruning(model):
         t0 = time.perf_counter()
         out = model(**kwargs, logits_to_keep=1, use_cache=True)
         pre = time.perf_counter() - t0
@@ -320,7 +269,7 @@ def _one_run(model: nn.Module, st: _Setting, inputs: Mapping[str, Any], decode_s
             cache = cache_from_output(o)
             del o
     del cache
-    return dict(prepared=prepared, encode=enc, reduce=red, prefill=pre, decode=dec, split=split, llm_tokens=llm_tokens)
+    return dict(prepared=prepared, encode=enc, reduce=red, prefill=pre, decode=dec, llm_tokens=llm_tokens)
 
 
 def _med(xs: Sequence[float]) -> float | None:
@@ -383,12 +332,9 @@ def benchmark(
                     st.times["prefill"].append(r["prefill"])
                     st.times["ttft"].append(r["encode"] + r["reduce"] + r["prefill"])
                     st.times["decode"].extend(r["decode"])
-                    st.info = dict(prepared=r["prepared"], split=r["split"], llm_tokens=r["llm_tokens"])
+                    st.info = dict(prepared=r["prepared"], llm_tokens=r["llm_tokens"])
     finally:
         torch.set_num_threads(old_threads)
-        for st in settings:
-            with contextlib.suppress(AttributeError):
-                del st.adapter.encode  # drop the timer from the (private) adapter object
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = [
         _row(model, st, runs, warmup, decode_steps, n_threads, dtype, device, load, analytic) for st in settings
@@ -416,9 +362,7 @@ def _row(model, st: _Setting, runs, warmup, decode_steps, threads, dtype, device
         tc = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         total = 0.0
         for b in range(ids.shape[0]):
-            sched = None
-            if st.spec.per_layer_visual is not None:
-                sched = list(st.spec.per_layer_visual(vis_rows[b], int(tc.num_hidden_layers)))
+            sched = st.layer_counts(vis_rows[b], int(tc.num_hidden_layers))
             f, source = analytic_prefill_flops(model.config, text_rows[b], vis_rows[b], sched)
             total += f
         gflops = total / 1e9
@@ -449,8 +393,8 @@ def _row(model, st: _Setting, runs, warmup, decode_steps, threads, dtype, device
         threads=threads,
         dtype=dtype,
         device=device,
-        split=st.info["split"],
-        in_llm=st.spec.in_llm is not None,
+        split="staged",
+        in_llm=st.spec.in_llm is not None or st.slim.pruner is not None,
         torch_version=torch.__version__,
         load_avg_1m=load,
         analytic_prefill_gflops=gflops,

@@ -95,6 +95,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             {
                 "name": name,
                 "stage": info.stage,
+                "where": info.where,
+                "signals": None if info.signals is None else {"score_layer": info.signals.score_layer, "style": info.signals.style},
                 "needs": list(info.needs),
                 "adaptive": info.adaptive,
                 "summary": info.summary,
@@ -109,14 +111,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<{width}}  {r['summary']}")
         opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
-        print(f"{'':<{width}}  options: {opts or '(none)'}; applies {r['stage'].replace('_', '-')}; {r['reference']}")
+        sig = r["signals"]
+        reads = f"; reads tower layer {sig['score_layer']} ({sig['style']})" if sig else ""
+        print(f"{'':<{width}}  {r['where']}{reads}; options: {opts or '(none)'}")
+        print(f"{'':<{width}}  {r['reference']}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------- run
 
 
-def _load_model(spec: str, progress: bool):
+def _load_model(spec: str):
     """``tiny:<family>`` (offline random-weight model) or a local directory / hub id for from_pretrained."""
     if spec.startswith("tiny:"):
         from .testing import FAMILIES, tiny_model
@@ -143,7 +148,7 @@ def _load_model(spec: str, progress: bool):
 def _model_and_inputs(args: argparse.Namespace):
     """``(model, inputs, decode, note)`` for --model / --image / --prompt."""
     images = [_load_image(p) for p in args.image]
-    model, processor, family = _load_model(args.model, progress=True)
+    model, processor, family = _load_model(args.model)
     if family is not None:
         from .testing import tiny_inputs, tiny_tokenizer
 
@@ -204,7 +209,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = args.method or ["none", "prumerge+", "spatial"]
     specs = []
     for m in names:
-        opts = _options_for(m, options) if m != "none" else {}
+        opts = _options_for(m, options)
         _check_method(m, opts)
         specs.append(bench.MethodSpec(m, opts))
     if args.runs < 1:
@@ -243,34 +248,39 @@ def cmd_viz(args: argparse.Namespace) -> int:
     methods = args.method or ["prumerge", "prumerge+", "spatial", "aim-merge"]
     options = method_options(args)
     for m in methods:
-        opts = _options_for(m, options)
-        _check_method(m, opts)
-        if get(m).stage == "in_llm" and m != "aim":
-            raise CLIError(f"{m} prunes inside the language model; there is nothing to draw on the image")
+        _check_method(m, _options_for(m, options))
+        info = get(m)
+        if not info.reduces:
+            what = "prunes inside the language model" if info.prunes_in_llm else "keeps every token"
+            raise CLIError(f"{m} {what}; there is nothing to draw on the image")
     image = _load_image(args.image)
     try:
         from .assets import load_dinov2_small, preprocess
-        from .signals import capture_signals, record_qk
+        from .signals import capture_signals
 
         tower = load_dinov2_small()
     except (ImportError, RuntimeError) as err:
         raise CLIError(f"the real DINOv2-S/14 tower is needed: {err}") from None
     torch.set_grad_enabled(False)
-    with record_qk(tower, layer=-2) as rec:
-        sig = capture_signals(tower, preprocess(image, args.size))
-    from .methods import cls_attention_from_qk, head_mean_keys
-
-    vz = {"cls_attn": cls_attention_from_qk(rec.q, rec.k, form="head_sum", num_heads=sig.num_heads),
-          "keys": head_mean_keys(rec.k[:, 1:], sig.num_heads), "cls_feature": sig.cls_feature, "grid": sig.grid}
+    pixels = preprocess(image, args.size)
+    signals: dict[Any, dict[str, Any]] = {}  # one tower pass per signal source the methods declare
     results = {}
     for m in methods:
+        request = get(m).signals
+        if request not in signals:
+            sig = capture_signals(tower, pixels, score_layer=-1 if request is None else request.score_layer)
+            signals[request] = {"features": sig.features, "grid": sig.grid,
+                                **(sig.as_dict(style=request.style) if request is not None else {})}
+        found = signals[request]
         opts = _options_for(m, options)
         label = m + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
-        results[label] = reduce(m, sig.features, signals=vz if m == "visionzip" else sig.as_dict(), **opts)
-    picture = viz.method_grid(image, results, sig.grid, cell=max(4, args.size // sig.grid[0]))
+        results[label] = reduce(m, found["features"], signals=found, **opts)
+    grid = found["grid"]
+    n = found["features"].shape[1]
+    picture = viz.method_grid(image, results, grid, cell=max(4, args.size // grid[0]))
     size = viz.save(picture, args.out, colors=256)
     counts = ", ".join(f"{label}: {red.counts[0]}" for label, red in results.items())
-    print(f"wrote {args.out} ({size / 1e3:.0f} kB); tokens kept of {sig.features.shape[1]}: {counts}")
+    print(f"wrote {args.out} ({size / 1e3:.0f} kB); tokens kept of {n}: {counts}")
     return 0
 
 
@@ -312,18 +322,6 @@ def _lm_config(spec: str) -> Any:
     )
 
 
-def _pair(text: str | None, name: str, cast=int) -> tuple[Any, Any] | None:
-    if text is None:
-        return None
-    parts = text.replace(",", " ").split()
-    if len(parts) != 2:
-        raise CLIError(f"--{name} expects two values like 14,22, got {text!r}")
-    try:
-        return int(parts[0]), cast(parts[1])
-    except ValueError:
-        raise CLIError(f"--{name} expects numbers, got {text!r}") from None
-
-
 def cmd_cost(args: argparse.Namespace) -> int:
     from .cost import HARDWARE, LMShape, TokenSchedule, estimate_cost
 
@@ -338,16 +336,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown hardware {args.hardware!r}; choose one of: {', '.join(HARDWARE)}")
     if args.visual < 0 or args.text < 0 or (args.keep is not None and not 0 < args.keep <= args.visual):
         raise CLIError("need --text >= 0, --visual >= 0 and 0 < --keep <= --visual")
-    aim, fastv = _pair(args.aim, "aim"), _pair(args.fastv, "fastv", float)
-    kept = args.keep if args.keep is not None else args.visual
+    options = method_options(args)
     schedules = {"baseline": TokenSchedule(args.text, args.visual)}
-    if args.keep is not None:
-        schedules[f"keep {kept}"] = TokenSchedule(args.text, kept)
+    if not args.method and args.keep is not None:
+        schedules[f"keep {args.keep}"] = TokenSchedule(args.text, args.keep)
     try:
-        if aim:
-            schedules[f"keep {kept} + AIM prune l1={aim[0]}, l2={aim[1]}"] = TokenSchedule.aim(args.text, kept, layers, *aim)
-        if fastv:
-            schedules[f"keep {kept} + FastV K={fastv[0]}, R={fastv[1]}"] = TokenSchedule.fastv(args.text, kept, layers, *fastv)
+        for m in args.method or []:
+            opts = _options_for(m, options)
+            _check_method(m, opts)
+            label = m + ("(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
+            schedules[label] = TokenSchedule.for_method(args.text, args.visual, layers, m, **opts)
         reports = {
             name: estimate_cost(config, sched, n_generate=args.generate, hardware=args.hardware,
                                 weight_dtype=args.dtype, act_dtype="fp16" if args.dtype in ("int8", "int4") else args.dtype)
@@ -379,7 +377,7 @@ def _demo_methods(args: argparse.Namespace, default: dict[str, dict[str, Any]]) 
     options = method_options(args)
     methods = {}
     for m in args.method:
-        opts = _options_for(m, options) if m != "none" else {}
+        opts = _options_for(m, options)
         _check_method(m, opts)
         methods[m] = opts
     return methods
@@ -444,7 +442,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     budgets = tuple(_int_list(args.budgets, "--budgets"))
     try:
-        runs = ev.default_runs(budgets, labels=args.method or None, adaptive=not args.no_adaptive)
+        runs = ev.default_runs(budgets, methods=args.method or None, adaptive=not args.no_adaptive)
     except ValueError as err:
         raise CLIError(str(err)) from None
     _positive(args, "scenes", "threads")
@@ -475,8 +473,10 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def _add_budget_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keep", type=int, help="keep this many visual tokens (per image / frame; methods that take a budget)")
+def _add_budget_args(p: argparse.ArgumentParser, keep_help: str | None = None) -> None:
+    p.add_argument("--keep", type=int, help=keep_help or "keep this many visual tokens per image / frame: what the language "
+                   "model gets, every token counted (PruMerge's summary token too; --mode faithful follows the official "
+                   "count). In-LLM methods keep this many from their pruning layer on")
     p.add_argument("--ratio", type=float, help="keep this fraction of the visual tokens, in (0, 1]")
     p.add_argument("--mode", choices=["clean", "faithful"], help="faithful = the official code's behaviour")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
@@ -557,13 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cost", help="analytic prefill FLOPs, time (roofline) and KV memory, baseline vs reduced",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  slimvlm cost --model vicuna-7b --visual 576 --text 40 --keep 144\n"
-                       "  slimvlm cost --model qwen2-7b --visual 6272 --text 100 --keep 1568 --aim 14,22")
+                       "  slimvlm cost --model qwen2-7b --visual 6272 --text 100 -m aim --keep 1568 -o l1=14 -o l2=22\n"
+                       "  slimvlm cost --model vicuna-7b -m fastv -o k=2 --keep 64 -m visionzip --keep 64")
     p.add_argument("--model", required=True, help="preset (vicuna-7b, qwen2-7b, ...), config.json / model dir, or tiny:<family>")
     p.add_argument("--visual", type=int, default=576, help="visual tokens before reduction (default 576)")
     p.add_argument("--text", type=int, default=40, help="text tokens (default 40)")
-    p.add_argument("--keep", type=int, help="visual tokens entering the LLM after a pre-LLM method")
-    p.add_argument("--aim", metavar="L1,L2", help="add AIM's in-LLM pruning schedule")
-    p.add_argument("--fastv", metavar="K,R", help="add FastV: drop fraction R of visual tokens at layer K")
+    p.add_argument("--method", "-m", action="append",
+                   help="add a row for this method (repeatable): its budget before the LLM and its in-LLM schedule, as "
+                   "`slimvlm.apply` runs it; budget and options from --keep / --ratio / -o")
+    _add_budget_args(p, keep_help="visual tokens per image entering the LLM (with -m: the method's budget)")
     p.add_argument("--hardware", default="A100", help="A100, H100, V100, ... (default A100)")
     p.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "int4"], help="weight dtype")
     p.add_argument("--generate", type=int, default=0, help="decode steps to add (default 0)")

@@ -3,10 +3,12 @@
 Everything here is arithmetic on config numbers (no torch, no weights): the decoder LM of any Llama / Vicuna /
 Qwen2 / Qwen2-VL-text-shaped config (GQA and ``head_dim`` handled), a CLIP / SigLIP ViT tower and a 2-layer MLP
 projector, each reported separately. It is the LLM-Viewer model (Yuan et al. 2024, github.com/hahnyuan/LLM-Viewer)
-that PruMerge and AIM used for their efficiency tables (algorithms.md §2.6, §5.1, §5.2), re-implemented so that a
-token *schedule* (visual tokens kept before the LLM, and per-layer counts for in-LLM pruning such as AIM or FastV)
-can be costed. Main entry point: :func:`estimate_cost`; schedules: :class:`TokenSchedule`, :func:`aim_schedule`,
-:func:`fastv_schedule`; hardware: :data:`HARDWARE` / :class:`Hardware`.
+that PruMerge and AIM used for their efficiency tables (docs/methods.md, "Efficiency numbers"), re-implemented so
+that a token *schedule* (visual tokens kept before the LLM, and per-layer counts for in-LLM pruning such as AIM or
+FastV) can be costed. Main entry point: :func:`estimate_cost`; schedules: :class:`TokenSchedule` (its per-layer
+counts come from the same :mod:`slimvlm.inllm.schedules` the pruning engine runs, so a cost and a run mean the
+same layers; :meth:`TokenSchedule.for_method` asks a method's declaration); hardware: :data:`HARDWARE` /
+:class:`Hardware`.
 
 Counting convention
 -------------------
@@ -61,7 +63,6 @@ Memory and time
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
@@ -74,8 +75,6 @@ __all__ = [
     "VisionShape",
     "TokenSchedule",
     "CostReport",
-    "aim_schedule",
-    "fastv_schedule",
     "estimate_cost",
     "lm_param_count",
     "kv_cache_bytes",
@@ -338,42 +337,6 @@ class VisionShape:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def aim_schedule(n_visual: int, num_layers: int, l1: int, l2: int, *, lag: int = 0) -> list[int]:
-    """Visual tokens kept at each LLM layer under AIM's linear schedule (algorithms.md §2.3).
-
-    Keep rate 1 before ``l1``, then linearly down to 0 at ``l2``: 0-based layer ``i ≥ l1`` keeps
-    ``floor(n_visual · (1 − (i − l1 + 1) / (l2 − l1)))`` (≥ 0), i.e. the paper's
-    ``r^l = 1 − (l − l1)/(l2 − l1)`` with 1-based ``l = i + 1``. Layer ``l1`` is the first with the reduced count
-    and layer ``l2 − 1`` the first with none. This is the schedule of AIM's FLOPs script
-    (``analyze_flex_prefill_only.py``: ``1 − (layer_i − 14 + 1)·0.125`` for ``layer_i ≥ 14``) and reproduces its
-    14.76 TFLOPs (l1=14, l2=22) and the 12.01 / 12.10 / 6.71 ablation points.
-
-    ``lag=1`` shifts it one layer later: in AIM's released model code the keep set chosen from layer ``i``'s
-    attention only takes effect from layer ``i + 1``, so a removal implementation of that code runs layer ``l1``
-    on all tokens (15.53 TFLOPs for the default). Integer arithmetic, so no float rounding at exact fractions.
-    """
-    if not 0 <= l1 < l2:
-        raise ValueError(f"need 0 <= l1 < l2, got l1={l1}, l2={l2}")
-    if n_visual < 0 or num_layers <= 0 or lag < 0:
-        raise ValueError("n_visual >= 0, num_layers > 0 and lag >= 0 required")
-    span = l2 - l1
-    out = []
-    for i in range(num_layers):
-        step = i - l1 + 1 - lag
-        out.append(n_visual if step <= 0 else max(0, n_visual * (span - step)) // span)
-    return out
-
-
-def fastv_schedule(n_visual: int, num_layers: int, k: int, r: float) -> list[int]:
-    """FastV (K, R): all visual tokens in layers ``< K``; from layer ``K`` on, ``floor(n_visual · (1 − R))``
-    (the attention of layer ``K − 1`` picks which; FastV's FLOPs formula counts K layers at ``n`` and ``L − K``
-    at the reduced length)."""
-    if not 0 <= r <= 1 or not 0 <= k <= num_layers:
-        raise ValueError(f"need 0 <= R <= 1 and 0 <= K <= num_layers, got K={k}, R={r}")
-    kept = math.floor(n_visual * (1 - r) + 1e-9)
-    return [n_visual if i < k else kept for i in range(num_layers)]
-
-
 @dataclass(frozen=True)
 class TokenSchedule:
     """Text tokens, visual tokens entering the LLM, and optionally the visual tokens kept at each layer."""
@@ -391,12 +354,41 @@ class TokenSchedule:
             raise ValueError("need n_text, n_visual >= 0 and at least one token")
 
     @classmethod
-    def aim(cls, n_text: int, n_visual: int, num_layers: int, l1: int, l2: int, *, lag: int = 0) -> "TokenSchedule":
-        return cls(n_text, n_visual, tuple(aim_schedule(n_visual, num_layers, l1, l2, lag=lag)))
+    def pruned(cls, n_text: int, n_visual: int, schedule: Any) -> "TokenSchedule":
+        """``n_visual`` tokens entering the LLM, then pruned per layer by ``schedule`` (a
+        :class:`slimvlm.inllm.schedules.Schedule`, the engine's own)."""
+        return cls(n_text, n_visual, tuple(schedule.counts(n_visual)))
+
+    @classmethod
+    def aim(cls, n_text: int, n_visual: int, num_layers: int, l1: int | None = None, l2: int | None = None) -> "TokenSchedule":
+        """AIM's in-LLM pruning of ``n_visual`` tokens: :func:`slimvlm.inllm.aim_schedule` (the layers
+        ``slimvlm.apply(model, "aim", l1=..., l2=...)`` prunes)."""
+        from .inllm.schedules import aim_schedule
+
+        return cls.pruned(n_text, n_visual, aim_schedule(num_layers, l1, l2))
 
     @classmethod
     def fastv(cls, n_text: int, n_visual: int, num_layers: int, k: int, r: float) -> "TokenSchedule":
-        return cls(n_text, n_visual, tuple(fastv_schedule(n_visual, num_layers, k, r)))
+        """FastV ``(K, R)`` on ``n_visual`` tokens: :func:`slimvlm.inllm.fastv_schedule`."""
+        from .inllm.schedules import fastv_schedule
+
+        return cls.pruned(n_text, n_visual, fastv_schedule(num_layers, k, r))
+
+    @classmethod
+    def for_method(cls, n_text: int, n_visual: int, num_layers: int, method: str, **options: Any) -> "TokenSchedule":
+        """What ``method`` with ``options`` brings to a ``num_layers``-deep LLM from ``n_visual`` visual tokens per
+        image, as its declaration says (budget before the LLM, then its in-LLM schedule). A ValueError for an
+        adaptive method without a ``keep`` / ``ratio`` budget (its count depends on the image)."""
+        from .methods import get
+
+        info = get(method)
+        config = info.make_config(**options)
+        entering = info.count(config, n_visual)
+        if entering is None:
+            raise ValueError(f"{method} decides its token count per image; give a keep= or ratio= budget to cost it")
+        if not info.prunes_in_llm:
+            return cls(n_text, entering)
+        return cls(n_text, entering, tuple(info.layer_counts(config, entering, num_layers)))
 
     def tokens_per_layer(self, num_layers: int) -> list[int]:
         """Total tokens (text + visual) processed by each layer."""

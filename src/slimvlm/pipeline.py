@@ -12,7 +12,6 @@ returns those kwargs for users who drive the model.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,10 +19,11 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .methods import SignalRequest, make_config
 from .methods import get as get_method
-from .methods import make_config
+from .methods.registry import TOWER_SIGNALS
 from .models import adapter_for
-from .models.base import Adapter, SignalRequest, VisualItem, no_signal_message
+from .models.base import Adapter, VisualItem, no_signal_message
 
 __all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats", "Prepared", "POSITIONS"]
 
@@ -35,12 +35,6 @@ __all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats",
 #: M-RoPE families (Qwen2-VL, Qwen2.5-VL) always keep the original (t, h, w) positions: only ``"original"``.
 POSITIONS = ("renumber", "original")
 
-#: Where each tower-signal method reads its signals (score layer, style): the official choices.
-_SIGNAL_SOURCES = {
-    "prumerge": SignalRequest(score_layer=-1, style="prumerge"),
-    "prumerge+": SignalRequest(score_layer=-1, style="prumerge"),
-    "visionzip": SignalRequest(score_layer=-2, style="visionzip"),
-}
 _INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids"}
 
 
@@ -88,7 +82,7 @@ def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) ->
     feats = _split_frames(base[free], frames, "features")
     n_f = feats.shape[1]
     signals: dict[str, Any] = {}
-    for name in ("cls_attn", "keys"):
+    for name in TOWER_SIGNALS:
         if name in item.signals:
             signals[name] = _split_frames(item.signals[name][free], frames, name)
     if "cls_feature" in item.signals:
@@ -138,33 +132,26 @@ def _container(tokens: list[Tensor], kind: str) -> Any:
 
 
 def _make_pruner(model: nn.Module, method: str, config: Any) -> Any:
-    """The in-LLM pruner of a method with stage ``"in_llm"`` (AIM, FastV), built from its config; else None."""
-    if get_method(method).stage != "in_llm":
+    """The in-LLM pruner the method declares (AIM, FastV), built from its config for this model's depth; else None."""
+    info = get_method(method)
+    if info.pruner is None:
         return None
-    from .inllm import InLLMPruner, aim_schedule, fastv_schedule, find_text_model
+    from .inllm import InLLMPruner, find_text_model
 
     num_layers = len(find_text_model(model)[1].layers)
     try:
-        if method == "fastv":
-            if config.k >= num_layers:
-                raise ValueError(f"k={config.k} must be below the model's {num_layers} layers")
-            return InLLMPruner(model, fastv_schedule(num_layers, config.k, config.r), score="fastv", mode=config.prune_mode)
-        schedule = aim_schedule(num_layers, config.l1, config.l2)
-        return InLLMPruner(
-            model, schedule, score="pagerank", mode=config.prune_mode, tau=config.tau, iters=config.pagerank_iters
-        )
+        plan = info.pruner(config, num_layers)
+        return InLLMPruner(model, plan.schedule, score=plan.score, mode=plan.mode, **plan.options)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{method}: {err}") from None
 
 
 def _signal_request(adapter: Adapter, method: str) -> SignalRequest | None:
-    """Which tower signals ``method`` needs from this adapter (None: none); refuses impossible combinations."""
-    info = get_method(method)
-    if not any(s in info.needs for s in ("cls_attn", "keys")):
-        return None
-    if not adapter.attention_signals:
+    """Which tower signals ``method`` reads from this adapter (None: none); refuses impossible combinations."""
+    request = get_method(method).signals
+    if request is not None and not adapter.attention_signals:
         raise ValueError(f"{method}: " + no_signal_message(adapter))
-    return _SIGNAL_SOURCES[method]
+    return request
 
 
 def _check_counts(input_ids: Tensor, placeholder: dict[str, int], counts: dict[str, list[int]]) -> None:
@@ -184,7 +171,7 @@ def _check_items(items: Any, method: str, use_pre: bool, request: SignalRequest 
         raise TypeError(f"items must be a list of VisualItem from slimvlm.pipeline.encode, got {type(items).__name__}")
     if use_pre and any(it.pre is None for it in items):
         raise ValueError(f"{method} reduces pre-projector features; these items have none (encode them for {method!r})")
-    need = [s for s in ("cls_attn", "keys") if s in get_method(method).needs]
+    need = [s for s in TOWER_SIGNALS if s in get_method(method).needs]
     if request is not None and any(s not in it.signals for it in items for s in need):
         raise ValueError(f"{method} needs tower signals {need}; these items lack them (encode them for {method!r})")
 
@@ -300,7 +287,7 @@ def encoding_key(model: nn.Module, method: str) -> tuple[bool, SignalRequest | N
 
 
 def _encoding_key(adapter: Adapter, method: str) -> tuple[bool, SignalRequest | None]:
-    return get_method(method).stage == "pre_projector", _signal_request(adapter, method)
+    return get_method(method).applies == "pre_projector", _signal_request(adapter, method)
 
 
 @torch.no_grad()
@@ -373,6 +360,8 @@ class SlimVLM:
         self.model = model
         self.adapter = adapter_for(model)
         self.method = method
+        #: the method's declaration (:class:`slimvlm.methods.Method`).
+        self.info = get_method(method)
         self.options = dict(options)
         #: how the reduced prompt is numbered (:data:`POSITIONS`), resolved for this model's family.
         self.positions = _check_positions(self.adapter, positions)

@@ -1,6 +1,6 @@
 """Capture what the reduction methods need from a transformers-5 vision tower.
 
-PruMerge's approach (algorithms.md §1.2–1.3, transformers5.md §3): *temporary* forward hooks on ``q_proj`` /
+PruMerge's approach (docs/methods.md, "Signals"): *temporary* forward hooks on ``q_proj`` /
 ``k_proj`` of one encoder layer record the raw projections, and the attention is recomputed outside the
 encoder. This works whatever attention implementation the tower uses (``"sdpa"`` returns no attention weights,
 ``"eager"`` does), costs one ordinary forward pass, and leaves the tower untouched: the hooks are removed
@@ -39,7 +39,7 @@ __all__ = [
 #: Class names of the towers :func:`tower_spec` understands.
 SUPPORTED_TOWERS = ("CLIPVisionModel", "SiglipVisionModel", "Dinov2Model")
 
-SignalStyle = Literal["prumerge", "visionzip", "qk"]
+SignalStyle = Literal["full_width", "head_mean", "qk"]
 
 
 def _tower_classes() -> dict[str, type]:
@@ -197,27 +197,29 @@ class VisionSignals:
     score_layer: int
     last_hidden_state: Tensor = field(repr=False)
 
-    def as_dict(self, style: SignalStyle = "prumerge") -> dict[str, Any]:
+    def as_dict(self, style: SignalStyle = "full_width") -> dict[str, Any]:
         """Signals under the names of ``slimvlm.methods.reduce(..., signals=...)``.
 
-        - ``"prumerge"`` (default): ``cls_attn`` (PruMerge form), ``keys`` (full-width k), ``cls_feature``, ``grid``.
-        - ``"visionzip"``: ``cls_attn`` = per-head mean form (pseudo-[CLS] without [CLS]), ``keys`` = head-mean keys,
+        - ``"full_width"`` (default): ``cls_attn`` (PruMerge's one-head form), ``keys`` (full-width k), ``cls_feature``,
+          ``grid``.
+        - ``"head_mean"``: ``cls_attn`` = per-head mean form (pseudo-[CLS] without [CLS]), ``keys`` = head-mean keys
+          (VisionZip's),
           ``cls_feature``, ``grid``.
         - ``"qk"``: the raw ``q``/``k`` ([CLS] first; PruMerge derives its signals itself), ``cls_feature``, ``grid``.
 
         ``q``/``k`` and ``cls_attn``/``keys`` are never given together: PruMerge refuses both at once.
         """
         base = {"cls_feature": self.cls_feature, "grid": self.grid}
-        if style == "prumerge":
+        if style == "full_width":
             return {"cls_attn": self.cls_attn, "keys": self.keys, **base}
-        if style == "visionzip":
+        if style == "head_mean":
             attn = self.cls_attn_head_mean if self.cls_attn_head_mean is not None else self.cls_attn
             return {"cls_attn": attn, "keys": self.head_mean_keys, **base}
         if style == "qk":
             if not self.has_cls:
                 raise ValueError("style='qk' needs a tower with a [CLS] token (q/k are (B, N+1, C), [CLS] first)")
             return {"q": self.q, "k": self.k, **base}
-        raise ValueError(f"unknown style {style!r}; choose 'prumerge', 'visionzip' or 'qk'")
+        raise ValueError(f"unknown style {style!r}; choose 'full_width', 'head_mean' or 'qk'")
 
 
 def _check_pixels(spec: TowerSpec, pixel_values: Any, forward_kwargs: dict[str, Any]) -> Tensor:

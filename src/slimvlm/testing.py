@@ -1,4 +1,4 @@
-"""Tiny, offline, random-weight VLMs for tests and examples (transformers5.md §1, §2.1).
+"""Tiny, offline, random-weight VLMs for tests and examples (docs/offline-assets.md, "Tiny models").
 
 One factory for the 7 supported families (8 short names, LLaVA comes with a Llama and a Qwen2 LM):
 
@@ -190,7 +190,7 @@ def _vision_kwargs() -> dict[str, Any]:
 
 
 def tiny_config(family: str):
-    """The tiny composite config of ``family`` (transformers5.md §1.2, vision towers 3 layers deep)."""
+    """The tiny composite config of ``family`` (vision towers 3 layers deep)."""
     import transformers as tf
 
     _check_family(family)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -24,8 +24,17 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the scene the demo shows by default: a test-split seed (never trained on) with five objects (three small), digits
 #: and all six question types (picked from the scenes alone, before looking at any answer).
 DEMO_SEED = 20_000_003
-#: method name -> options of the demo's default comparison.
-DEMO_METHODS: dict[str, dict[str, Any]] = {"none": {}, "prumerge+": {}, "aim": {}}
+#: the demo's default comparison, (method, options) pairs: no reduction, PruMerge+ at the paper's average budget
+#: (25 %) and at its own adaptive count, and AIM.
+DEMO_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (("none", {}), ("prumerge+", {"ratio": 0.25}), ("prumerge+", {}), ("aim", {}))
+
+Methods = Union[Mapping[str, Mapping[str, Any]], Sequence[tuple[str, Mapping[str, Any]]]]
+
+
+def method_pairs(methods: Methods) -> list[tuple[str, dict[str, Any]]]:
+    """``(method, options)`` pairs from a ``{method: options}`` mapping or a sequence of pairs."""
+    items = methods.items() if isinstance(methods, Mapping) else methods
+    return [(name, dict(options)) for name, options in items]
 
 
 def load_shipped():
@@ -37,29 +46,30 @@ def load_shipped():
     return load_demo_model(str(WEIGHTS_DIR))
 
 
-def reductions_of(model: Any, inputs: Any, methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The :class:`~slimvlm.methods.Reduction` each method makes of the first image of ``inputs``, exactly as the
-    pipeline computes it (same encoding, same signals). In-LLM methods give their pre-LLM (merge) stage."""
+def reductions_of(model: Any, inputs: Any, methods: Methods) -> dict[str, Any]:
+    """The :class:`~slimvlm.methods.Reduction` each method makes of the first image of ``inputs`` (by label),
+    exactly as the pipeline computes it (same encoding, same signals). Methods that prune inside the LLM give
+    their pre-LLM stage; those that change nothing before the LLM are left out."""
     from ..methods import get, make_config
     from ..pipeline import encode, encoding_key, item_reduction
 
     out = {}
-    for name, options in methods.items():
-        if name == "none" or (get(name).stage == "in_llm" and name != "aim"):
-            continue  # FastV: nothing happens before the LLM
+    for name, options in method_pairs(methods):
+        if not get(name).reduces:
+            continue
         item = encode(model, inputs, name)[0]
         red, _ = item_reduction(item, name, make_config(name, **options), encoding_key(model, name)[0])
-        out[name] = red
+        out[_label(name, options)] = red
     return out
 
 
-def _label(name: str, options: dict[str, Any]) -> str:
+def _label(name: str, options: Mapping[str, Any]) -> str:
     return name + ("(" + ",".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
 
 
 def run_demo(
     seed: int = DEMO_SEED,
-    methods: Optional[dict[str, dict[str, Any]]] = None,
+    methods: Optional[Methods] = None,
     out: Optional[str] = "slimvlm_demo.png",
     *,
     questions: Optional[Sequence[str]] = None,
@@ -77,7 +87,7 @@ def run_demo(
     from .. import bench, viz
     from ..pipeline import apply
 
-    methods = dict(DEMO_METHODS if methods is None else methods)
+    methods = method_pairs(DEMO_METHODS if methods is None else methods)
     if not methods:
         raise ValueError("no methods given")
     model, tokenizer = model_and_tokenizer if model_and_tokenizer is not None else load_shipped()
@@ -93,7 +103,7 @@ def run_demo(
     echo(f"scene {seed} ({scene.background} background): {objs}")
 
     one, batch = scene_inputs(model, tokenizer, scene, qs)
-    runners = {_label(name, options): apply(model, name, positions=positions, **options) for name, options in methods.items()}
+    runners = {_label(name, options): apply(model, name, positions=positions, **options) for name, options in methods}
     answers: dict[str, list[str]] = {}
     kept: dict[str, str] = {}
     old = torch.get_num_threads()
@@ -107,12 +117,11 @@ def run_demo(
                 counts = tokens_per_layer(runner, n)
                 kept[label] = f"{n}" + (" -> per LLM layer " + "/".join(map(str, counts)) if counts else "")
         specs = [
-            bench.MethodSpec(runner.method, dict(runner.options), label=label,
-                             **({"in_llm": lambda _m, p=runner.pruner: p} if runner.pruner is not None else {}))
-            for label, runner in runners.items()
+            bench.MethodSpec(runner.method, dict(runner.options), label=label) for label, runner in runners.items()
         ]
+        full = [label for label, runner in runners.items() if runner.info.identity]
         rows = bench.benchmark(model, one, specs, runs=runs, warmup=1, decode_steps=0, threads=threads,
-                               analytic=False, baseline=_label("none", {}) if "none" in methods else None)
+                               analytic=False, baseline=full[0] if full else None)
     finally:
         torch.set_num_threads(old)
 
@@ -133,11 +142,10 @@ def run_demo(
         echo(f"{row.label:<14}{kept[row.label]:<34}{1e3 * row.prefill_s:>8.1f} ms{'':<17}{speed}")
     echo(f"(float32, {threads} thread(s), one question, {bench.cpu_name()}; prefill = the stock LLM forward on the reduced prompt)")
     echo(f"(reduced prompts keep {'their original' if positions == 'original' else 'renumbered'} positions: --positions)")
-    for label, count in kept.items():
-        if label != "none" and count == str(N_IMAGE_TOKENS):
-            why = (" (on DINOv2 the IQR rule flags many outliers and the sampling stride int(int(576/m)/3) falls to 1)"
-                   if label.startswith("prumerge+") else "")
-            echo(f"note: {label} kept every token on this image: its adaptive rule decided so{why}; pass --keep N for a budget")
+    for label, runner in runners.items():
+        if runner.info.count(runner.config_, N_IMAGE_TOKENS) is None and kept[label] == str(N_IMAGE_TOKENS):
+            echo(f"note: {label} kept every token on this image: its adaptive rule decided so (docs/methods.md); "
+                 "pass --keep N or --ratio R for a budget")
 
     path = None
     if out:
@@ -147,9 +155,10 @@ def run_demo(
         if reds:
             panels = [Image.fromarray(scene.image)]
             titles = [f"scene {seed}: 576 tokens"]
-            for k, red in reds.items():
+            for label, red in reds.items():
                 panels.append(viz.overlay(scene.image, red, 0, (24, 24), show_groups=False, cell=14))
-                titles.append(f"{_label(k, methods[k])}{' (merge stage)' if k == 'aim' else ''}: {red.counts[0]} tokens")
+                stage = " (before the LLM)" if runners[label].pruner is not None else ""
+                titles.append(f"{label}{stage}: {red.counts[0]} tokens")
             picture = viz.stack(panels, labels=titles, axis=1,
                                 caption="greyed: patches not kept as an anchor (dropped or merged into a kept token)")
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -7,14 +7,16 @@ method that reads the same tower outputs; all questions of a scene go through th
 
 Two token counts are recorded per run: ``tokens_llm``, the visual tokens entering the language model, and
 ``tokens_per_layer``, their mean over the LLM's layers (what the prefill cost follows; equal to ``tokens_llm``
-except for the in-LLM methods AIM and FastV). Plots use ``tokens_per_layer``.
+except for methods that prune inside the LLM, AIM and FastV). Plots use ``tokens_per_layer``.
+
+Accuracy is reported over all questions, over the five core question types the demo VLM's frozen patch grid
+supports (:data:`~slimvlm.demo.scenes.CORE_QTYPES`), and for ``digit`` apart, the hard small-detail type.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -27,7 +29,7 @@ from .model import DEMO_POSITIONS, N_IMAGE_TOKENS, scene_inputs
 
 __all__ = [
     "BUDGETS",
-    "METHODS",
+    "IN_LLM_OPTIONS",
     "EvalRun",
     "EvalResult",
     "default_runs",
@@ -41,30 +43,15 @@ __all__ = [
 
 #: the fixed budgets of the comparison (the full 576 is the ``none`` row).
 BUDGETS = (144, 64, 32)
-#: plot lines, in legend order: label -> method name.
-METHODS: dict[str, str] = {
-    "none": "none",
-    "prumerge": "prumerge",
-    "prumerge+": "prumerge+",
-    "aim (merge)": "aim-merge",
-    "aim (merge+prune)": "aim",
-    "tome": "tome",
-    "visionzip": "visionzip",
-    "fastv": "fastv",
-    "spatial": "spatial",
-    "sequential": "sequential",
-    "random": "random",
-}
-#: methods that also run with their own adaptive budget (no keep=).
-ADAPTIVE = ("prumerge", "prumerge+")
-#: FastV's K on the demo's 4-layer LM (the paper's K=2 is of 32 layers; the decision must come early).
-FASTV_K = 1
+#: options every run gets when its method takes them: the demo LM has 4 layers, so in-LLM pruning starts after the
+#: first one (FastV's paper K=2 is of 32 layers; the decision must come early to matter).
+IN_LLM_OPTIONS: dict[str, Any] = {"k": 1}
 
 
 @dataclass(frozen=True)
 class EvalRun:
     """One point of the comparison: a plot line ``label``, the pipeline method and its options, and the budget
-    asked for (None: the method's own adaptive count, or all 576 for ``none``)."""
+    asked for (None: the method's own adaptive count, or every token for a method without a budget)."""
 
     label: str
     method: str
@@ -74,7 +61,8 @@ class EvalRun:
 
 @dataclass
 class EvalResult:
-    """Accuracy of one :class:`EvalRun`: overall, per question type and on small-object questions."""
+    """Accuracy of one :class:`EvalRun`: overall, over the core question types, per question type and on
+    small-object questions."""
 
     run: EvalRun
     n: int
@@ -84,17 +72,24 @@ class EvalResult:
     n_small: int
     tokens_llm: float
     tokens_per_layer: float
+    core: float = float("nan")
 
     def row(self) -> dict[str, Any]:
+        from ..methods import get
+
+        budget: Any = self.run.budget
+        if budget is None:
+            budget = "adaptive" if get(self.run.method).adaptive else N_IMAGE_TOKENS
         out = {
             "label": self.run.label,
             "method": self.run.method,
             "options": json.dumps(dict(self.run.options), sort_keys=True),
-            "budget": "adaptive" if self.run.budget is None and self.run.method != "none" else (self.run.budget or N_IMAGE_TOKENS),
+            "budget": budget,
             "tokens_llm": round(self.tokens_llm, 2),
             "tokens_per_layer": round(self.tokens_per_layer, 2),
             "n": self.n,
             "accuracy": round(self.accuracy, 4),
+            "acc_core": round(self.core, 4),
         }
         for qt in scenes.QTYPES:
             out[f"acc_{qt}"] = round(self.per_type.get(qt, float("nan")), 4)
@@ -103,35 +98,37 @@ class EvalResult:
         return out
 
 
-def _budget_options(method: str, budget: int) -> dict[str, Any]:
-    if method == "fastv":
-        return {"k": FASTV_K, "r": 1.0 - budget / N_IMAGE_TOKENS}
-    return {"keep": budget}
-
-
 def default_runs(
-    budgets: Sequence[int] = BUDGETS, labels: Optional[Iterable[str]] = None, adaptive: bool = True
+    budgets: Sequence[int] = BUDGETS,
+    methods: Optional[Iterable[str]] = None,
+    adaptive: bool = True,
+    options: Mapping[str, Any] = IN_LLM_OPTIONS,
 ) -> list[EvalRun]:
-    """``none`` at 576, every other line of :data:`METHODS` at each budget, PruMerge / PruMerge+ also adaptive.
+    """Every method (default: all registered ones) at each budget (``keep=budget``); a method without a budget
+    (``none``) once, with every token; adaptive methods (PruMerge, PruMerge+) also at their own count.
 
-    FastV keeps all tokens for its first :data:`FASTV_K` layer(s), then ``budget`` (``r = 1 - budget/576``);
-    AIM (merge+prune) merges to ``budget`` before the LLM, then prunes with its default schedule."""
-    labels = list(METHODS) if labels is None else list(labels)
-    unknown = [lab for lab in labels if lab not in METHODS]
+    ``options`` go to every run whose method takes them (default :data:`IN_LLM_OPTIONS`). FastV keeps all tokens
+    for its first K layer(s), then ``budget``; AIM merges to ``budget`` before the LLM, then prunes with its
+    default schedule."""
+    from ..methods import available, get
+
+    methods = available() if methods is None else list(methods)
+    unknown = [m for m in methods if m not in available()]
     if unknown:
-        raise ValueError(f"unknown eval line(s) {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {available()}")
     for b in budgets:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= N_IMAGE_TOKENS:
             raise ValueError(f"budgets must be ints in [1, {N_IMAGE_TOKENS}], got {b!r}")
     runs = []
-    for label in labels:
-        method = METHODS[label]
-        if method == "none":
-            runs.append(EvalRun(label, method, {}, None))
+    for method in methods:
+        info = get(method)
+        extra = {k: v for k, v in options.items() if k in info.options}
+        if "keep" not in info.options:
+            runs.append(EvalRun(method, method, extra, None))
             continue
-        if adaptive and method in ADAPTIVE:
-            runs.append(EvalRun(label, method, {}, None))
-        runs.extend(EvalRun(label, method, _budget_options(method, b), b) for b in budgets)
+        if adaptive and info.adaptive:
+            runs.append(EvalRun(method, method, extra, None))
+        runs.extend(EvalRun(method, method, {**extra, "keep": b}, b) for b in budgets)
     return runs
 
 
@@ -189,6 +186,7 @@ def evaluate_runs(
     for run, h, t in zip(runs, hits, tokens):
         per_type = {qt: float(np.mean([ok for q, ok, _ in h if q == qt])) for qt in scenes.QTYPES if any(q == qt for q, _, _ in h)}
         small = [ok for _, ok, s in h if s]
+        core = [ok for q, ok, _ in h if q in scenes.CORE_QTYPES]
         results.append(
             EvalResult(
                 run=run,
@@ -199,6 +197,7 @@ def evaluate_runs(
                 n_small=len(small),
                 tokens_llm=float(np.mean([a for a, _ in t])) if t else float("nan"),
                 tokens_per_layer=float(np.mean([b for _, b in t])) if t else float("nan"),
+                core=float(np.mean(core)) if core else float("nan"),
             )
         )
     return results
@@ -206,7 +205,7 @@ def evaluate_runs(
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-_NUMERIC = ("tokens_llm", "tokens_per_layer", "accuracy", "acc_small") + tuple(f"acc_{qt}" for qt in scenes.QTYPES)
+_NUMERIC = ("tokens_llm", "tokens_per_layer", "accuracy", "acc_core", "acc_small") + tuple(f"acc_{qt}" for qt in scenes.QTYPES)
 
 
 def write_csv(results: Sequence[EvalResult], path: str) -> None:
@@ -239,8 +238,17 @@ def _rows(results: Sequence[Any]) -> list[dict[str, Any]]:
     return [r.row() if isinstance(r, EvalResult) else dict(r) for r in results]
 
 
+def _is_full(row: Mapping[str, Any]) -> bool:
+    """A run that gives the LLM every visual token in every layer (the unreduced model)."""
+    return float(row["tokens_per_layer"]) == N_IMAGE_TOKENS and float(row["tokens_llm"]) == N_IMAGE_TOKENS
+
+
+#: the plot's panels: column and title.
+PANELS = (("acc_core", "five core question types"), ("acc_digit", "digit (small detail)"), ("acc_small", "small-object questions"))
+
+
 def plot(results: Sequence[Any], path: str, title: Optional[str] = None) -> None:
-    """Accuracy (left: all questions, right: small-object questions) against visual tokens per LLM layer, one
+    """Accuracy (core question types, digit, small-object questions) against visual tokens per LLM layer, one
     line per method, log-scale x; adaptive runs as open markers; the unreduced model as a dashed line."""
     import matplotlib
 
@@ -248,17 +256,17 @@ def plot(results: Sequence[Any], path: str, title: Optional[str] = None) -> None
     import matplotlib.pyplot as plt
 
     rows = _rows(results)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
-    labels = [lab for lab in dict.fromkeys(r["label"] for r in rows) if lab != "none"]
-    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 5.2), sharex=True)
+    full = [r for r in rows if _is_full(r)]
+    labels = [lab for lab in dict.fromkeys(r["label"] for r in rows if not _is_full(r))]
+    cmap = plt.get_cmap("tab20")
     markers = "osD^v<>phX*"
-    for ax, key, name in ((axes[0], "accuracy", "all questions"), (axes[1], "acc_small", "small-object questions")):
-        for r in rows:
-            if r["label"] == "none":
-                ax.axhline(float(r[key]), color="black", ls="--", lw=1, label="none (576)")
+    for ax, (key, name) in zip(axes, PANELS):
+        for r in full:
+            ax.axhline(float(r[key]), color="black", ls="--", lw=1, label=f"{r['label']} ({N_IMAGE_TOKENS})")
         for j, lab in enumerate(labels):
             pts = sorted((float(r["tokens_per_layer"]), float(r[key])) for r in rows if r["label"] == lab and r["budget"] != "adaptive")
-            color, marker = cmap(j % 10), markers[j % len(markers)]
+            color, marker = cmap(j % 20), markers[j % len(markers)]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, color=color, label=lab, lw=1.4, ms=5)
             for r in rows:
@@ -269,7 +277,7 @@ def plot(results: Sequence[Any], path: str, title: Optional[str] = None) -> None
         ax.set_xlabel("visual tokens per LLM layer (mean)")
         ax.set_ylabel(f"accuracy, {name}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right", ncol=2)
+    axes[-1].legend(fontsize=8, loc="lower right", ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -279,33 +287,45 @@ def plot(results: Sequence[Any], path: str, title: Optional[str] = None) -> None
 
 
 def markdown_table(results: Sequence[Any]) -> str:
-    """Accuracy (%) per line × budget, and per question type at the full budget and at the smallest one."""
+    """Two tables: accuracy (%) over the core question types, and over all questions, per method × budget; then
+    digit and small-object accuracy at the smallest fixed budget evaluated (64 where it was)."""
     rows = _rows(results)
     budgets: list[Any] = []
     for r in rows:
         if r["budget"] not in budgets:
             budgets.append(r["budget"])
     order = sorted(budgets, key=lambda b: (b == "adaptive", -int(b) if b != "adaptive" else 0))
-    lines = ["| method | " + " | ".join(f"{b} tokens" if b != "adaptive" else "adaptive (tokens)" for b in order) + " | small-object @ 64 |"]
-    lines.append("|---" * (len(order) + 2) + "|")
-    for lab in dict.fromkeys(r["label"] for r in rows):
-        cells = []
-        small = ""
-        for b in order:
-            hit = [r for r in rows if r["label"] == lab and r["budget"] == b]
-            if not hit:
-                cells.append("")
-                continue
-            r = hit[0]
-            cell = f"{100 * float(r['accuracy']):.1f}"
-            if b == "adaptive":
-                cell += f" ({float(r['tokens_llm']):.0f})"
-            elif float(r["tokens_per_layer"]) != float(r["tokens_llm"]):  # pruned inside the LLM
-                cell += f" ({float(r['tokens_per_layer']):.0f}/layer)"
-            cells.append(cell)
-            if str(b) == "64":
-                small = f"{100 * float(r['acc_small']):.1f}"
-        if lab == "none":
-            small = f"{100 * float([r for r in rows if r['label'] == 'none'][0]['acc_small']):.1f} (576)"
-        lines.append(f"| {lab} | " + " | ".join(cells) + f" | {small} |")
-    return "\n".join(lines) + "\n"
+    fixed = [int(b) for b in order if b != "adaptive" and int(b) != N_IMAGE_TOKENS]
+    detail = 64 if 64 in fixed else (min(fixed) if fixed else N_IMAGE_TOKENS)
+    out = []
+    for key, what in (("acc_core", "five core question types (exist, count, colour-at, where, larger)"),
+                      ("accuracy", "all questions, digit included")):
+        header = " | ".join(f"{b} tokens" if b != "adaptive" else "adaptive (tokens)" for b in order)
+        extra = f" | digit @ {detail} | small-object @ {detail} |" if key == "accuracy" else " |"
+        lines = [f"Accuracy (%), {what}:", "", f"| method | {header}{extra}",
+                 "|---" * (len(order) + 1 + (2 if key == "accuracy" else 0)) + "|"]
+        for lab in dict.fromkeys(r["label"] for r in rows):
+            cells = []
+            at_detail = None
+            for b in order:
+                hit = [r for r in rows if r["label"] == lab and r["budget"] == b]
+                if not hit:
+                    cells.append("")
+                    continue
+                r = hit[0]
+                cell = f"{100 * float(r[key]):.1f}"
+                if b == "adaptive":
+                    cell += f" ({float(r['tokens_llm']):.0f})"
+                elif float(r["tokens_per_layer"]) != float(r["tokens_llm"]):  # pruned inside the LLM
+                    cell += f" ({float(r['tokens_per_layer']):.0f}/layer)"
+                cells.append(cell)
+                if b != "adaptive" and (int(b) == detail or _is_full(r)):
+                    at_detail = r
+            tail = " |"
+            if key == "accuracy":
+                digit = f"{100 * float(at_detail['acc_digit']):.1f}" if at_detail else ""
+                small = f"{100 * float(at_detail['acc_small']):.1f}" if at_detail else ""
+                tail = f" | {digit} | {small} |"
+            lines.append(f"| {lab} | " + " | ".join(cells) + tail)
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"

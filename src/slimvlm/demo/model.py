@@ -47,7 +47,7 @@ IMAGE_SIZE = 336
 N_IMAGE_TOKENS = (IMAGE_SIZE // 14) ** 2  # 576
 #: how ``slimvlm demo`` / ``slimvlm eval`` number a reduced prompt (``slimvlm.apply``'s ``positions``). The demo LM
 #: learnt from scratch with the image always at positions 1-576, so it needs the kept tokens at their original
-#: positions: renumbered, every pre-LLM reduction collapses (measured: benchmarks/results/demo_eval_renumber.md).
+#: positions: renumbered, every pre-LLM reduction collapses (benchmarks/results/demo_eval_renumber.md).
 DEMO_POSITIONS = "original"
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)  # ids 0..4
@@ -67,10 +67,8 @@ LM_DEFAULTS = dict(
     # RoPE base 1e6 (as Qwen2) instead of 1e4: more of each head's dimensions stay nearly position-invariant
     # across the 576 image tokens, so the question can match image tokens by content.
     rope_theta=1_000_000.0,
-    # weights start at std 0.06, not Llama's 0.02: with 0.02 the RMS-normalised query's attention logits start
-    # ~0.1 and layer 0 stalls at ~35 % of its mass on the named object (grounding loss ~1.0 from step 100 on);
-    # at 0.06 the same run reaches 0.82 / 0.63 / 0.41 at steps 100 / 150 / 200
-    # (benchmarks/experiments/demo_training/README.md)
+    # weights start at std 0.06, not Llama's 0.02: at 0.02 the RMS-normalised query's attention logits start near
+    # 0.1, too flat for the grounding head to concentrate its mass on the named object
     initializer_range=0.06,
 )
 WEIGHTS_NAME = "model.safetensors"

@@ -6,8 +6,7 @@ desaturated and contrast-compressed so the saturated shapes stay visible). Objec
 and a framed "sign") and eight colours; sizes range from SMALL (14–24 px, one to two patches) to 96 px. Signs, and
 some large circles, carry a digit drawn as seven-segment strokes (no fonts involved). Digit-bearing objects are at
 least DIGIT_OBJECT_MIN px, so every digit is at least ~28 px (two patches) tall: smaller ones are not readable from
-14-px DINOv2-S patches (``benchmarks/experiments/demo_training/probe_digit_grid.py``: 0.21 for 10–15 px digits,
-0.65–0.70 from 28 px).
+14-px DINOv2-S patches (docs/demo-training.md).
 
 Everything is a pure function of the seed: :func:`make_scene` uses only ``numpy.random.default_rng(seed)``, and
 :func:`questions` uses its own generator (by default seeded from the scene seed), so results never depend on call
@@ -53,6 +52,7 @@ __all__ = [
     "PLACES",
     "BACKGROUNDS",
     "QTYPES",
+    "CORE_QTYPES",
     "SPLITS",
     "VOCAB",
     "SceneObject",
@@ -112,6 +112,9 @@ PLACES = tuple("center" if (r, c) == ("middle", "center") else f"{r}-{c}" for r 
 BACKGROUNDS = ("plain", "noise", "stripes", "checker", "photo")
 _BACKGROUND_P = (0.2, 0.13, 0.13, 0.14, 0.4)
 QTYPES = ("exist", "count", "color_at", "where", "larger", "digit")
+#: the question types the demo VLM's frozen patch grid supports; ``digit`` (reading a small seven-segment digit)
+#: is reported apart as the hard small-detail type (docs/demo-training.md says why).
+CORE_QTYPES = ("exist", "count", "color_at", "where", "larger")
 
 # Photos inside the scikit-image wheel (same set as slimvlm.assets.sample_photos), read with PIL directly so
 # neither skimage nor torch is imported. The order is fixed: the seed picks by index.

@@ -21,8 +21,7 @@ Two training-only aids, neither of which changes the shipped architecture (a sto
   under the object's centre, for ``digit`` on the digit's), and, when the question names one thing, that token's
   own output is asked to predict the answer already (:func:`packed_logits`).
   Without them a from-scratch LM stayed at the answer priors for hundreds of steps: it has to discover which of
-  576 image tokens matter, and then how to carry what it found to ``answer:``; see
-  ``benchmarks/experiments/demo_training/``.
+  576 image tokens matter, and then how to carry what it found to ``answer:`` (docs/demo-training.md).
 
 Everything is deterministic from the seed (fixed data order, ``torch.manual_seed``).
 """
@@ -54,7 +53,7 @@ from .model import (
     to_pixels,
 )
 
-__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "main", "load_demo_model"]
+__all__ = ["QAPool", "cache_features", "question_pool", "question_anchors", "phrase_mixing", "fold_phrase_mixing", "unfold_phrase_mixing", "unfold_feature_norm", "pack_batch", "packed_logits", "eager_in_layer", "evaluate", "check_train_options", "train", "load_demo_model"]
 
 
 def _tqdm(iterable=None, **kw):
@@ -369,8 +368,8 @@ def packed_logits(
     has none), the sum of two means: ``-log`` (attention of head 0 of that layer, at a ``larger`` question's
     ``answer:``, on the phrase naming the larger object: :func:`pick_token`), and the cross-entropy of the answer
     read from what that head alone writes there (its output through ``o_proj``, then the final norm and
-    ``lm_head``: a logit lens). From the shipped weights, the attention alone was learnt within ~200 steps
-    but what it carries was not (validation ``larger`` 0.69 at step 400, 0.67 before); with the lens term, 0.77."""
+    ``lm_head``: a logit lens). The attention term teaches the head where to look; the lens term makes what it
+    carries name the answer, which the attention term alone does not."""
     inner = model.model
     table = inner.get_input_embeddings().weight
     emb = F.embedding(batch["input_ids"], table if mix is None else mix.to(table.dtype) @ table)
@@ -717,16 +716,3 @@ def _save(model, tokenizer, out_dir: str, norm, mix, meta: dict) -> None:
     snap = copy.deepcopy(model)
     _to_stock(snap, norm, mix)
     save_demo_model(snap, tokenizer, out_dir, extra=meta)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m slimvlm.demo.train ARGS`` = ``slimvlm demo train ARGS``."""
-    import sys
-
-    from ..cli import main as cli_main
-
-    return cli_main(["demo", "train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -114,8 +114,8 @@ class InLLMPruner:
     Args:
         model: a stock transformers 5 VLM (LLaVA family, Qwen2-VL, …) whose language model is Llama / Qwen2 /
             Qwen2-VL-text, on ``sdpa`` or ``eager`` attention.
-        schedule: a :class:`~slimvlm.inllm.schedules.Schedule`, a per-layer list of kept fractions, or a name
-            (``"aim"``, ``"fastv"``, ``"pyramiddrop"``) built for the model's depth with ``schedule_options``.
+        schedule: a :class:`~slimvlm.inllm.schedules.Schedule` for the model's depth (e.g. ``aim_schedule(28)``)
+            or a per-layer list of kept fractions.
         score: ``"pagerank"`` (AIM) or ``"fastv"`` (last-token attention averaged over heads).
         mode: ``"remove"`` (real speed-up) or ``"mask"`` (reference semantics, full length).
         tau, iters: PageRank temperature and power iterations (AIM: 0.1, 5).
@@ -129,17 +129,16 @@ class InLLMPruner:
     def __init__(
         self,
         model: nn.Module,
-        schedule: Schedule | Sequence[float] | str = "aim",
+        schedule: Schedule | Sequence[float],
         score: str = "pagerank",
         mode: str = "remove",
         *,
         tau: float = 0.1,
         iters: int = 5,
         visual_token_ids: Sequence[int] | None = None,
-        schedule_options: dict[str, Any] | None = None,
     ):
-        if score not in ("pagerank", "fastv"):
-            raise ValueError(f"score must be 'pagerank' or 'fastv', got {score!r}")
+        if score not in S.SCORES:
+            raise ValueError(f"score must be one of {', '.join(map(repr, S.SCORES))}, got {score!r}")
         if mode not in ("remove", "mask"):
             raise ValueError(f"mode must be 'remove' or 'mask', got {mode!r}")
         if tau <= 0 or iters < 0:
@@ -155,7 +154,7 @@ class InLLMPruner:
         types = getattr(cfg, "layer_types", None)
         if types is not None and any(t != "full_attention" for t in types[: len(self.layers)]):
             raise ValueError("sliding-window attention layers are not supported")
-        self.schedule = make_schedule(schedule, len(self.layers), **(schedule_options or {}))
+        self.schedule = make_schedule(schedule, len(self.layers))
         self.score = score
         self.mode = mode
         self.tau = float(tau)
@@ -367,10 +366,8 @@ class InLLMPruner:
         cos, sin = cap["pe"]
         q, k = self._rope(q, k, cos, sin)
         active = cap["active"]
-        if self.score == "pagerank":
-            s = S.pagerank_from_qk(q, k, scaling=attn.scaling, valid=active, tau=self.tau, iters=self.iters)
-        else:
-            s = S.fastv_scores(q, k, scaling=attn.scaling, valid=active)
+        options = {"tau": self.tau, "iters": self.iters} if self.score == "pagerank" else {}
+        s = S.SCORES[self.score](q, k, scaling=attn.scaling, valid=active, **options)
         if self.mode == "remove":  # to original coordinates (dead slots go to a spare column)
             slots, live = run.slots, run.live
             full = torch.full((run.batch, run.length + 1), -1.0, device=s.device)

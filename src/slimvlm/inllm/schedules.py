@@ -1,8 +1,8 @@
 """Per-layer schedules of how many visual tokens the language model keeps.
 
 A :class:`Schedule` holds, for every decoder layer ``l`` (0-based), ``keep[l]``: the fraction of the ORIGINAL
-visual tokens of a sample that layer ``l`` processes. ``keep[0]`` is 1. Where ``keep`` drops (a "cut" at layer
-``l``), the tokens are chosen from the attention of layer ``l - 1`` (AIM: "the decision made from layer i's
+visual tokens of a sample that layer ``l`` processes (optionally capped at ``limit[l]`` tokens). ``keep[0]`` is 1.
+Where ``keep`` drops (a "cut" at layer ``l``), the tokens are chosen from the attention of layer ``l - 1`` (AIM: "the decision made from layer i's
 attention is applied from layer i+1"; FastV: "at layer K rank by the attention of layer K-1"). A sample with
 ``n`` visual tokens keeps ``int(n * keep[l])`` of them at layer ``l`` (the official ``int(...)``, floor).
 """
@@ -30,10 +30,12 @@ AIM_DEFAULTS: dict[int, tuple[int, int]] = {28: (14, 22), 32: (13, 21)}
 
 @dataclass(frozen=True)
 class Schedule:
-    """``keep[l]``: fraction of the original visual tokens processed by decoder layer ``l``."""
+    """Per decoder layer ``l``: ``keep[l]``, the fraction of the original visual tokens it processes, and
+    optionally ``limit[l]``, an absolute cap on their number (None: no cap)."""
 
     keep: tuple[float, ...]
     name: str = "custom"
+    limit: tuple[int | None, ...] | None = None
 
     def __post_init__(self) -> None:
         keep = tuple(float(f) for f in self.keep)
@@ -50,15 +52,35 @@ class Schedule:
         for i in range(1, len(keep)):
             if keep[i] > keep[i - 1]:
                 raise ValueError(f"keep must not increase: keep[{i}] = {keep[i]} > keep[{i - 1}] = {keep[i - 1]}")
+        if self.limit is not None:
+            limit = tuple(None if v is None else int(v) for v in self.limit)
+            object.__setattr__(self, "limit", limit)
+            if len(limit) != len(keep):
+                raise ValueError(f"limit has {len(limit)} layers, keep has {len(keep)}")
+            if limit[0] is not None:
+                raise ValueError("limit[0] must be None (layer 0 sees every token)")
+            for i in range(1, len(limit)):
+                if limit[i] is None:
+                    if limit[i - 1] is not None:
+                        raise ValueError(f"limit must not increase: limit[{i}] is None after {limit[i - 1]}")
+                elif limit[i] < 0 or (limit[i - 1] is not None and limit[i] > limit[i - 1]):
+                    raise ValueError(f"limit[{i}] = {limit[i]} must be >= 0 and not above limit[{i - 1}]")
 
     @property
     def num_layers(self) -> int:
         return len(self.keep)
 
+    def _cap(self, layer: int) -> int | None:
+        return None if self.limit is None else self.limit[layer]
+
     @property
     def cut_layers(self) -> tuple[int, ...]:
-        """Layers where the kept fraction drops (tokens are removed before the layer runs)."""
-        return tuple(i for i in range(1, len(self.keep)) if self.keep[i] < self.keep[i - 1])
+        """Layers where the kept share or cap drops (tokens are removed before the layer runs)."""
+        return tuple(
+            i
+            for i in range(1, len(self.keep))
+            if self.keep[i] < self.keep[i - 1] or (self._cap(i) is not None and self._cap(i) != self._cap(i - 1))
+        )
 
     @property
     def score_layers(self) -> tuple[int, ...]:
@@ -66,10 +88,15 @@ class Schedule:
         return tuple(i - 1 for i in self.cut_layers)
 
     def count(self, n_visual: int, layer: int) -> int:
-        """Visual tokens a sample with ``n_visual`` of them keeps at ``layer``: ``int(n_visual * keep[layer])``."""
-        return int(n_visual * self.keep[layer])
+        """Visual tokens a sample with ``n_visual`` of them keeps at ``layer``: ``floor(n_visual * keep[layer])``
+        (the official ``int(...)``; a 1e-9 guard keeps exact products such as 7 · (1 - 3/7) from rounding down),
+        at most ``limit[layer]``."""
+        count = int(n_visual * self.keep[layer] + 1e-9)
+        cap = self._cap(layer)
+        return count if cap is None else min(count, cap)
 
     def counts(self, n_visual: int) -> list[int]:
+        """:meth:`count` for every layer."""
         return [self.count(n_visual, layer) for layer in range(self.num_layers)]
 
 
@@ -115,15 +142,20 @@ def aim_schedule(num_layers: int = 28, l1: int | None = None, l2: int | None = N
     return Schedule((1.0, *rates[:-1]), name="aim")
 
 
-def fastv_schedule(num_layers: int, k: int = 2, ratio: float = 0.5) -> Schedule:
-    """FastV ``(K, R)``: layers ``>= K`` keep ``1 - R`` of the visual tokens, ranked by the last token's
-    attention in layer ``K - 1`` (paper default K=2, R=50%). Requires ``1 <= K < num_layers``, ``0 <= R <= 1``."""
+def fastv_schedule(num_layers: int, k: int = 2, ratio: float = 0.5, *, keep: int | None = None) -> Schedule:
+    """FastV ``(K, R)``: layers ``>= K`` keep ``1 - R`` of the visual tokens (or at most ``keep`` of them), ranked by
+    the last token's attention in layer ``K - 1`` (paper default K=2, R=50%). Requires ``1 <= K < num_layers``,
+    ``0 <= R <= 1``, ``keep >= 0``."""
     num_layers = _check_layers(num_layers)
-    if not isinstance(k, int) or not (1 <= k < num_layers):
+    if isinstance(k, bool) or not isinstance(k, int) or not (1 <= k < num_layers):
         raise ValueError(f"FastV needs 1 <= K < num_layers ({num_layers}), got K={k!r}")
     if not (0.0 <= ratio <= 1.0):
         raise ValueError(f"FastV ratio R must be in [0, 1], got {ratio}")
-    return Schedule(tuple(1.0 if i < k else 1.0 - ratio for i in range(num_layers)), name="fastv")
+    if keep is not None and keep < 0:
+        raise ValueError(f"FastV keep must be >= 0, got {keep}")
+    fractions = tuple(1.0 if i < k else 1.0 - ratio for i in range(num_layers))
+    limit = None if keep is None else tuple(None if i < k else int(keep) for i in range(num_layers))
+    return Schedule(fractions, name="fastv", limit=limit)
 
 
 def pyramiddrop_schedule(
@@ -167,27 +199,10 @@ def per_layer_schedule(keep: Sequence[float]) -> Schedule:
     return Schedule(tuple(keep), name="custom")
 
 
-def make_schedule(spec, num_layers: int, **options) -> Schedule:
-    """A :class:`Schedule` from a name (``"aim"``, ``"fastv"``, ``"pyramiddrop"``/``"pdrop"``, with the
-    function's keyword options), a :class:`Schedule`, or a per-layer list of fractions."""
-    if isinstance(spec, Schedule):
-        if options:
-            raise ValueError("options are only accepted with a schedule name")
-        schedule = spec
-    elif isinstance(spec, str):
-        name = spec.lower()
-        if name == "aim":
-            schedule = aim_schedule(num_layers, **options)
-        elif name == "fastv":
-            schedule = fastv_schedule(num_layers, **options)
-        elif name in ("pyramiddrop", "pdrop"):
-            schedule = pyramiddrop_schedule(num_layers, **options)
-        else:
-            raise ValueError(f"unknown schedule {spec!r}; expected 'aim', 'fastv', 'pyramiddrop' or a list")
-    else:
-        if options:
-            raise ValueError("options are only accepted with a schedule name")
-        schedule = per_layer_schedule(spec)
+def make_schedule(spec: Schedule | Sequence[float], num_layers: int) -> Schedule:
+    """A :class:`Schedule` for a model with ``num_layers`` decoder layers: ``spec`` itself, or a per-layer list of
+    kept fractions."""
+    schedule = spec if isinstance(spec, Schedule) else per_layer_schedule(spec)
     if schedule.num_layers != num_layers:
         raise ValueError(f"schedule has {schedule.num_layers} layers, the language model has {num_layers}")
     return schedule

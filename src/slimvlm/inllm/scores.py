@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "SCORES",
     "repeat_kv",
     "causal_valid_mask",
     "attention_logits",
@@ -150,3 +151,7 @@ def fastv_scores(
         allowed = allowed & valid.bool()
     logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
     return _finish(torch.softmax(logits, dim=-1).mean(1), valid, protected)
+
+
+#: the scores :class:`~slimvlm.inllm.InLLMPruner` ranks visual tokens by, named after the paper that uses them.
+SCORES = {"pagerank": pagerank_from_qk, "fastv": fastv_scores}

@@ -1,34 +1,44 @@
 """Token-reduction methods as pure tensor functions (torch only, no transformers).
 
 Every method takes features ``(B, N, C)`` plus the signals it declares and returns a :class:`Reduction`
-(padded features, anchors, lengths, assignment). See :func:`available` and :func:`reduce`.
+(padded features, anchors, lengths, assignment). Each is declared once, in its own module, with
+:func:`~slimvlm.methods.registry.register`; importing this package registers them all. See :func:`available`,
+:func:`get` (the :class:`Method` descriptor) and :func:`reduce`.
 """
 
 from .base import Reduction
+from .budget import DEFAULT_RATIO, BudgetConfig, MethodConfig, budget_count
 from .common import attention_received, cls_attention_from_qk, head_mean_keys, iqr_upper_fence
+from .registry import SIGNALS, Method, PrunerPlan, SignalRequest, available, get, make_config, reduce, register
+
+# The methods, in listing order; each module registers its methods when imported.
+from .none import IdentityConfig, identity
 from .prumerge import PruMergeConfig, PruMergePlusConfig, prumerge, prumerge_plus
-from .registry import SIGNALS, MethodInfo, available, get, make_config, reduce
-from .sampling import (
-    IdentityConfig,
-    PoolConfig,
-    RandomConfig,
-    SequentialConfig,
-    SpatialConfig,
-    identity,
-    pool,
-    random_sample,
-    sequential,
-    spatial,
-)
-from .tome import AIMMergeConfig, ToMeConfig, aim_merge, halving_schedule, tome
+from .tome import ToMeConfig, halving_schedule, tome
+from .aim import AIMConfig, AIMMergeConfig, aim, aim_merge
 from .visionzip import VisionZipConfig, visionzip
+from .random_sample import RandomConfig, random_sample
+from .sequential import SequentialConfig, sequential
+from .spatial import SpatialConfig, spatial
+from .pool import PoolConfig, pool
+from .fastv import FastVConfig, fastv
+
+#: Old name of the descriptor class.
+MethodInfo = Method
 
 __all__ = [
-    "Reduction", "MethodInfo", "SIGNALS", "available", "get", "make_config", "reduce",
+    "Reduction", "Method", "MethodInfo", "SignalRequest", "PrunerPlan", "SIGNALS",
+    "available", "get", "make_config", "reduce", "register",
+    "MethodConfig", "BudgetConfig", "budget_count", "DEFAULT_RATIO",
     "cls_attention_from_qk", "attention_received", "head_mean_keys", "iqr_upper_fence",
+    "identity", "IdentityConfig",
     "prumerge", "prumerge_plus", "PruMergeConfig", "PruMergePlusConfig",
-    "tome", "aim_merge", "halving_schedule", "ToMeConfig", "AIMMergeConfig",
+    "tome", "halving_schedule", "ToMeConfig",
+    "aim_merge", "aim", "AIMMergeConfig", "AIMConfig",
     "visionzip", "VisionZipConfig",
-    "identity", "random_sample", "sequential", "spatial", "pool",
-    "IdentityConfig", "RandomConfig", "SequentialConfig", "SpatialConfig", "PoolConfig",
+    "random_sample", "RandomConfig",
+    "sequential", "SequentialConfig",
+    "spatial", "SpatialConfig",
+    "pool", "PoolConfig",
+    "fastv", "FastVConfig",
 ]

@@ -1,5 +1,5 @@
-"""Pieces shared by several methods: attention scores from captured q/k, the IQR fence, budgets, packing of
-variable-length selections, and spatial grids. Pure torch; batched; no loop over tokens."""
+"""Pieces shared by several methods: attention scores from captured q/k, the IQR fence, packing of
+variable-length selections, token selection, and spatial grids. Pure torch; batched; no loop over tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import _all_finite
+from .base import Reduction, _all_finite
 
 __all__ = [
     "cls_attention_from_qk",
@@ -18,7 +18,7 @@ __all__ = [
     "iqr_upper_fence",
     "descending_rank",
     "pack",
-    "resolve_budget",
+    "select_tokens",
     "infer_grid",
     "grid_indices",
     "grid_shape_for_budget",
@@ -48,7 +48,7 @@ def cls_attention_from_qk(
     token 0 being [CLS].
 
     - ``"prumerge"``: the official PruMerge form, ``softmax(q kᵀ · C^-1/2)`` with all heads concatenated into
-      one C-wide head (algorithms.md §1.3). Rows sum to 1 over all N+1 keys, so the patch part sums to
+      one C-wide head (docs/methods.md, "PruMerge"). Rows sum to 1 over all N+1 keys, so the patch part sums to
       ``1 - attn(CLS→CLS)``.
     - ``"head_mean"`` / ``"head_sum"``: the model's true per-head softmax (scale ``d^-1/2``, ``d = C/H``),
       averaged or summed over heads (VisionZip sums, FasterVLM averages). Needs ``num_heads``.
@@ -127,25 +127,15 @@ def pack(mask: Tensor, key: Tensor | None = None) -> tuple[Tensor, Tensor]:
     return torch.where(valid, idx, torch.zeros_like(idx)), lengths
 
 
-def resolve_budget(n: int, keep: int | None, ratio: float | None, method: str) -> int | None:
-    """Turn a ``keep`` count or a ``ratio`` of N into a token count clamped to ``[1, N]``; None if neither."""
-    if keep is not None and ratio is not None:
-        raise ValueError(f"{method}: give either keep or ratio, not both")
-    if keep is not None:
-        return min(int(keep), n)
-    if ratio is not None:
-        return max(1, min(n, int(n * ratio)))
-    return None
-
-
-def check_budget(keep: int | None, ratio: float | None, method: str) -> None:
-    """Validate budget options when a config is built (clear messages for users and the CLI)."""
-    if keep is not None and ratio is not None:
-        raise ValueError(f"{method}: give either keep or ratio, not both")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"{method}: keep must be a whole number >= 1, got {keep!r}")
-    if ratio is not None and not (0.0 < float(ratio) <= 1.0):
-        raise ValueError(f"{method}: ratio must be in (0, 1], got {ratio!r}")
+def select_tokens(features: Tensor, idx: Tensor, method: str) -> Reduction:
+    """The Reduction that keeps the tokens ``idx`` (B, K) of ``features`` (B, N, C), given in ascending order."""
+    b, n, c = features.shape
+    k = idx.shape[1]
+    out = features.gather(1, idx[..., None].expand(-1, -1, c))
+    assignment = torch.full((b, n), -1, dtype=torch.long, device=features.device)
+    assignment.scatter_(1, idx, torch.arange(k, device=features.device).expand(b, k).contiguous())
+    lengths = torch.full((b,), k, dtype=torch.long, device=features.device)
+    return Reduction(out, idx, lengths, assignment, method)
 
 
 def infer_grid(n: int, grid: tuple[int, int] | None) -> tuple[int, int]:

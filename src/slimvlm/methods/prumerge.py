@@ -1,7 +1,7 @@
 """PruMerge and PruMerge+ (Shang et al., "LLaVA-PruMerge", arXiv 2403.15388), vectorised.
 
 Official code: 42Shawn/LLaVA-PruMerge, ``clip_encoder.py`` (``token_prune_merge_advanced[_plus]``).
-The rules below follow algorithms.md §1.3–1.8:
+The rules below (docs/methods.md, "PruMerge and PruMerge+"):
 
 1. Adaptive Important Token Selection: keep the tokens whose [CLS] attention is an IQR outlier
    (``a > Q3 + 1.5·IQR``).
@@ -46,14 +46,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, check_features, check_keys, check_scores, empty_reduction
-from .common import check_budget, cls_attention_from_qk, descending_rank, iqr_upper_fence, pack
+from .base import Reduction, check_keys, check_scores
+from .budget import BudgetConfig
+from .common import cls_attention_from_qk, descending_rank, iqr_upper_fence, pack
+from .registry import SignalRequest, register
 
 __all__ = ["PruMergeConfig", "PruMergePlusConfig", "prumerge", "prumerge_plus", "token_supplement"]
 
@@ -61,34 +63,34 @@ Mode = Literal["clean", "faithful"]
 
 
 @dataclass(frozen=True)
-class PruMergeConfig:
+class PruMergeConfig(BudgetConfig):
     """Options of PruMerge. With neither ``keep`` nor ``ratio`` the count is adaptive (IQR outliers).
 
     Attributes:
+        keep: the number of tokens the language model gets. Clean mode counts the summary token: ``K - 1``
+            selected tokens plus the summary (``K`` selected when ``extra_token=False``). Faithful mode follows the
+            official fixed path: ``K`` selected plus the official extra token (``K + 1`` tokens).
+        ratio: ``keep = int(N · ratio)`` (faithful: the official ``reduction_ratio``, selected tokens only).
         mode: ``"clean"`` (default) or ``"faithful"`` (official behaviour, see the module docstring).
-        keep: fixed number of selected tokens (the extra token comes on top).
-        ratio: fixed fraction of N to select (``int(N · ratio)``, the official ``reduction_ratio``).
         k_neighbors: neighbours merged into each kept token (official: 32).
-        min_keep, max_keep: clean mode only; clamp of the adaptive count (default 1 and N).
+        min_keep, max_keep: clean mode only; clamp of the adaptive count of selected tokens (default 1 and N).
         normalize_weights: clean mode only; convex merge weights instead of the official additive ones.
         extra_token: clean mode only; append the summary token of the pruned tokens (default True).
     """
 
     mode: Mode = "clean"
-    keep: int | None = None
-    ratio: float | None = None
     k_neighbors: int = 32
     min_keep: int | None = None
     max_keep: int | None = None
     normalize_weights: bool = False
     extra_token: bool = True
 
-    name = "prumerge"
+    default_budget: ClassVar[float | int | None] = None  # adaptive: the IQR rule
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("clean", "faithful"):
             raise ValueError(f"{self.name}: mode must be 'clean' or 'faithful', got {self.mode!r}")
-        check_budget(self.keep, self.ratio, self.name)
         if self.k_neighbors < 1:
             raise ValueError(f"{self.name}: k_neighbors must be >= 1, got {self.k_neighbors}")
         if self.mode == "faithful":
@@ -106,16 +108,41 @@ class PruMergeConfig:
         if self.max_keep is not None and self.max_keep < max(1, self.min_keep or 0):
             raise ValueError(f"{self.name}: max_keep ({self.max_keep}) must be >= max(1, min_keep)")
 
+    def with_summary(self, total: int, n: int) -> bool:
+        """Clean mode, fixed budget of ``total`` tokens: whether one of them is the summary token (something is
+        pruned, and one selected token is left besides it)."""
+        return self.extra_token and 2 <= total < n
+
+    def faithful_selected(self, n: int) -> int:
+        """Faithful fixed budget: the tokens the official code selects (its extra token comes on top)."""
+        return min(n, self.keep) if self.keep is not None else int(n * self.ratio)
+
+    def count(self, n: int) -> int | None:
+        if not self.budget_given:
+            return None
+        if self.mode == "faithful":
+            return self.faithful_selected(n) + 1
+        return super().count(n)
+
 
 @dataclass(frozen=True)
 class PruMergePlusConfig(PruMergeConfig):
     """Options of PruMerge+ (same fields as :class:`PruMergeConfig`).
 
     A fixed budget (``keep`` or ``ratio``) counts outliers *and* spatial samples: ``keep=144`` at N=576 is
-    the official fixed-ratio variant (72 + 72; faithful) or 72 + 72 exact (clean).
+    71 + 72 + the summary token (clean), or the official fixed-ratio variant, 72 + 72 + its extra token (faithful).
     """
 
-    name = "prumerge+"
+    def faithful_rate(self, n: int) -> float:
+        """The official ``reduction_ratio`` r of a faithful fixed budget: ``int(N r)`` top tokens + the r-grid."""
+        return self.ratio / 2 if self.ratio is not None else self.keep / (2 * n)
+
+    def count(self, n: int) -> int | None:
+        if self.budget_given and self.mode == "faithful":
+            r = self.faithful_rate(n)
+            step = int(1 / r)
+            return int(n * r) + len(range(step // 2, n - 1, step)) + 1
+        return super().count(n)
 
 
 def _signals(features: Tensor, cls_attn, keys, q, k, method: str) -> tuple[Tensor, Tensor]:
@@ -137,6 +164,13 @@ def _signals(features: Tensor, cls_attn, keys, q, k, method: str) -> tuple[Tenso
     return cls_attn, keys
 
 
+_PRUMERGE_SIGNALS = SignalRequest(score_layer=-1, style="full_width")
+
+
+@register("prumerge", config=PruMergeConfig, applies="pre_projector", signals=_PRUMERGE_SIGNALS,
+          needs=("cls_attn", "keys"), adaptive=True,
+          summary="IQR outliers of [CLS] attention + kNN merge of the rest (needs cls_attn+keys, or q+k)",
+          reference="Shang et al. 2024, arXiv 2403.15388; 42Shawn/LLaVA-PruMerge clip_encoder.py")
 def prumerge(
     features: Tensor,
     *,
@@ -144,20 +178,22 @@ def prumerge(
     keys: Tensor | None = None,
     q: Tensor | None = None,
     k: Tensor | None = None,
-    config: PruMergeConfig | None = None,
-    **options,
+    config: PruMergeConfig,
 ) -> Reduction:
     """PruMerge on patch features ``(B, N, C)`` (CLS excluded), e.g. CLIP's ``hidden_states[-2][:, 1:]``.
 
     Signals: ``cls_attn`` ``(B, N)`` and ``keys`` ``(B, N, Ck)``, or the raw ``q``/``k`` ``(B, N+1, C)`` of
     the scoring layer ([CLS] first; official: ``q_proj``/``k_proj`` of the last layer), from which the
-    official single-head attention and the keys are derived. ``options`` are :class:`PruMergeConfig` fields.
+    official single-head attention and the keys are derived. Options are :class:`PruMergeConfig` fields.
     Returns a padded :class:`Reduction` (different counts per image in clean adaptive mode).
     """
-    cfg = config if config is not None else PruMergeConfig(**options)
-    return _prumerge(features, cls_attn, keys, q, k, cfg, plus=False)
+    return _prumerge(features, cls_attn, keys, q, k, config, plus=False)
 
 
+@register("prumerge+", config=PruMergePlusConfig, applies="pre_projector", signals=_PRUMERGE_SIGNALS,
+          needs=("cls_attn", "keys"), adaptive=True,
+          summary="PruMerge + spatially uniform samples (needs cls_attn+keys, or q+k)",
+          reference="Shang et al. 2024, arXiv 2403.15388 (PruMerge+); token_prune_merge_advanced_plus")
 def prumerge_plus(
     features: Tensor,
     *,
@@ -165,20 +201,15 @@ def prumerge_plus(
     keys: Tensor | None = None,
     q: Tensor | None = None,
     k: Tensor | None = None,
-    config: PruMergePlusConfig | None = None,
-    **options,
+    config: PruMergePlusConfig,
 ) -> Reduction:
     """PruMerge+ : PruMerge's outliers plus spatially uniform samples, then the same Token Supplement.
-    Arguments as :func:`prumerge`; ``options`` are :class:`PruMergePlusConfig` fields."""
-    cfg = config if config is not None else PruMergePlusConfig(**options)
-    return _prumerge(features, cls_attn, keys, q, k, cfg, plus=True)
+    Arguments as :func:`prumerge`; options are :class:`PruMergePlusConfig` fields."""
+    return _prumerge(features, cls_attn, keys, q, k, config, plus=True)
 
 
 def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -> Reduction:
-    method = "prumerge+" if plus else "prumerge"
-    check_features(features)
-    if features.shape[0] == 0:
-        return empty_reduction(features, method)
+    method = cfg.name
     cls_attn, keys = _signals(features, cls_attn, keys, q, k, method)
     b, n, _ = features.shape
     dev = features.device
@@ -186,7 +217,8 @@ def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -
     attn = cls_attn.float()
     order, rank = descending_rank(attn)
     pos = torch.arange(n, device=dev).expand(b, n)
-    budget_given = cfg.keep is not None or cfg.ratio is not None
+    budget_given = cfg.budget_given
+    with_extra = True if faithful else cfg.extra_token
 
     if faithful:
         if not budget_given:  # adaptive: one pooled fence, one count for the batch (§1.4)
@@ -194,10 +226,10 @@ def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -
             ratio = float((attn.double() > fence).sum()) / (b * n)
             m = int(n * ratio)
         elif plus:  # fixed-ratio PruMerge+: official reduction_ratio r keeps int(N r) + the r-grid
-            r = cfg.ratio / 2 if cfg.ratio is not None else cfg.keep / (2 * n)
+            r = cfg.faithful_rate(n)
             m = int(n * r)
         else:
-            m = min(n, cfg.keep) if cfg.keep is not None else int(n * cfg.ratio)
+            m = cfg.faithful_selected(n)
         outliers = order[:, :m]  # descending attention
         if not plus:
             centres, centre_len = outliers, torch.full((b,), m, device=dev)
@@ -241,7 +273,9 @@ def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -
             else:
                 sample_mask = torch.zeros_like(outlier_mask)
         else:
-            total = min(n, cfg.keep) if cfg.keep is not None else max(1, min(n, int(n * cfg.ratio)))
+            total = cfg.count(n)
+            with_extra = cfg.with_summary(total, n)
+            total -= int(with_extra)  # the summary token is one of the budget's tokens
             n_top = math.ceil(total / 2) if plus else total
             outlier_mask = rank < n_top
             sample_mask = torch.zeros_like(outlier_mask)
@@ -257,7 +291,6 @@ def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -
     pruned, pruned_len = pack(pruned_mask)
     if not isinstance(drop_low, int) or drop_low:
         pruned, pruned_len = _drop_first(pruned, pruned_len, drop_low)
-    with_extra = True if faithful else cfg.extra_token
     return token_supplement(
         features,
         attn,

@@ -5,7 +5,7 @@ sets A (even positions) and B (odd positions), give every A token its most cosin
 the ``r`` A tokens with the highest such score into their B partner. ``r = min(r, t // 2)``. ToMe merges by
 size-weighted average and tracks sizes (``merge_wavg``).
 
-AIM (LaVi-Lab/AIM ``llava/model/token_merge.py``; algorithms.md §2.2) calls the same matching iteratively
+AIM (LaVi-Lab/AIM ``llava/model/token_merge.py``; :mod:`.aim`) calls the same matching iteratively
 before the LLM with ``scatter_reduce(mode="mean", include_self=True)``: the destination becomes the plain mean
 of itself and its sources, with no size tracking, so an already-merged token counts once in the next round.
 Its schedule halves the tokens until the target: 196 → 98 → 49 per frame (25 %), 576 → 288 → 252 (LLaVA-1.5
@@ -27,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, check_features, check_keys, empty_reduction
-from .common import check_budget
+from .base import Reduction, check_keys
+from .budget import BudgetConfig
+from .registry import register
 
-__all__ = ["ToMeConfig", "AIMMergeConfig", "tome", "aim_merge", "halving_schedule", "bipartite_soft_matching"]
+__all__ = ["ToMeConfig", "tome", "merge_tokens", "halving_schedule", "bipartite_soft_matching"]
 
 
 @dataclass(frozen=True)
-class ToMeConfig:
+class ToMeConfig(BudgetConfig):
     """Options of ToMe on visual tokens.
 
     Attributes:
@@ -43,28 +44,33 @@ class ToMeConfig:
         mode: ``"faithful"`` keeps the official output order; ``"clean"`` (default) sorts into raster order.
     """
 
-    keep: int | None = None
-    ratio: float | None = None
     schedule: tuple[int, ...] | None = None
     mode: Literal["clean", "faithful"] = "clean"
 
-    name = "tome"
-
     def __post_init__(self) -> None:
-        check_budget(self.keep, self.ratio, self.name)
-        if self.schedule is not None and (self.keep is not None or self.ratio is not None):
+        super().__post_init__()
+        if self.schedule is not None and self.budget_given:
             raise ValueError(f"{self.name}: give a schedule or a keep/ratio budget, not both")
         if self.schedule is not None and any(int(r) < 0 for r in self.schedule):
             raise ValueError(f"{self.name}: schedule entries must be >= 0, got {self.schedule}")
         if self.mode not in ("clean", "faithful"):
             raise ValueError(f"{self.name}: mode must be 'clean' or 'faithful', got {self.mode!r}")
 
+    def steps(self, n: int) -> list[int]:
+        """Tokens removed at each merge step for N = ``n`` tokens: the explicit schedule, or halving steps down
+        to the budget."""
+        if self.schedule is not None:
+            return [int(r) for r in self.schedule]
+        return halving_schedule(n, super().count(n))
 
-@dataclass(frozen=True)
-class AIMMergeConfig(ToMeConfig):
-    """Options of AIM's pre-LLM merge (same fields as :class:`ToMeConfig`; default ratio 0.25 per frame)."""
-
-    name = "aim-merge"
+    def count(self, n: int) -> int:
+        t = n
+        for r in self.steps(n):
+            r = min(int(r), t // 2)
+            if r <= 0:
+                break
+            t -= r
+        return t
 
 
 def halving_schedule(n: int, target: int) -> list[int]:
@@ -153,30 +159,17 @@ def _iterative_merge(features, metric, schedule, weighted: bool, mode: str, meth
     return Reduction(x.to(features.dtype), anchors, lengths, assignment, method)
 
 
-def _run(features, metric, config: ToMeConfig, weighted: bool) -> Reduction:
-    check_features(features)
+def merge_tokens(features: Tensor, metric: Tensor | None, config: ToMeConfig, weighted: bool) -> Reduction:
+    """Iterated bipartite merging of ``features`` (B, N, C) down to ``config``'s budget; ``weighted``: ToMe's
+    size-weighted average with size tracking, else AIM's plain mean."""
     if metric is not None:
         check_keys(metric, features, "metric")
-    if features.shape[0] == 0:
-        return empty_reduction(features, config.name)
-    n = features.shape[1]
-    if config.schedule is not None:
-        schedule = [int(r) for r in config.schedule]
-    else:
-        target = config.keep if config.keep is not None else int(n * (config.ratio if config.ratio is not None else 0.25))
-        schedule = halving_schedule(n, target)
-    return _iterative_merge(features, metric, schedule, weighted, config.mode, config.name)
+    return _iterative_merge(features, metric, config.steps(features.shape[1]), weighted, config.mode, config.name)
 
 
-def tome(features: Tensor, *, metric: Tensor | None = None, config: ToMeConfig | None = None, **options) -> Reduction:
+@register("tome", config=ToMeConfig, summary="bipartite soft matching, size-weighted average, halving schedule (default 25%)",
+          reference="Bolya et al., ICLR 2023; facebookresearch/ToMe tome/merge.py")
+def tome(features: Tensor, *, metric: Tensor | None = None, config: ToMeConfig) -> Reduction:
     """ToMe on ``(B, N, C)`` tokens: iterated bipartite soft matching with size-weighted averaging and size
     tracking until the budget is met (halving schedule). ``metric`` ``(B, N, Ck)`` defaults to the features."""
-    cfg = config if config is not None else ToMeConfig(**options)
-    return _run(features, metric, cfg, weighted=True)
-
-
-def aim_merge(features: Tensor, *, metric: Tensor | None = None, config: AIMMergeConfig | None = None, **options) -> Reduction:
-    """AIM's pre-LLM merge: iterated bipartite matching with a plain mean (no size tracking), per batch item
-    (per frame for video). ``metric`` defaults to the features (LLaVA-OneVision path)."""
-    cfg = config if config is not None else AIMMergeConfig(**options)
-    return _run(features, metric, cfg, weighted=False)
+    return merge_tokens(features, metric, config, weighted=True)

@@ -1,6 +1,6 @@
 """VisionZip (Yang et al., CVPR'25; dvlab-research/VisionZip), dominant + contextual tokens.
 
-Official rule (algorithms.md §3), on CLIP layer -2 (its attention, its head-mean keys, its output features):
+Official rule (docs/methods.md, "VisionZip"), on CLIP layer -2 (its attention, its head-mean keys, its output features):
 
 1. Dominant: the ``d - 1`` patches with the largest [CLS] attention (summed over heads), plus the [CLS]
    token itself, gathered in raster order.
@@ -18,77 +18,82 @@ first), as VisionZip itself does for LLaVA-NeXT's unpad layout; ``"faithful"`` k
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, check_features, check_keys, check_scores, empty_reduction
-from .common import check_budget, pack, descending_rank
+from .base import Reduction, check_keys, check_scores
+from .budget import BudgetConfig
+from .common import descending_rank, pack
+from .registry import SignalRequest, register
 
 __all__ = ["VisionZipConfig", "visionzip"]
 
 
 @dataclass(frozen=True)
-class VisionZipConfig:
+class VisionZipConfig(BudgetConfig):
     """Options of VisionZip.
 
     Attributes:
-        dominant, contextual: the official counts (default 54 and 10, [CLS] counted in ``dominant`` when a
+        keep / ratio: a total budget; split ``contextual = round(K · 10/64)`` as in the paper's 192/128/64
+            settings, ``dominant = K - contextual``.
+        dominant, contextual: the official counts instead (default 54 and 10, [CLS] counted in ``dominant`` when a
             ``cls_feature`` is given).
-        keep / ratio: a total budget instead; split ``contextual = round(K · 10/64)`` as in the paper's
-            192/128/64 settings, ``dominant = K - contextual``.
         mode: ``"clean"`` (raster order, default) or ``"faithful"`` (official order).
     """
 
     dominant: int | None = None
     contextual: int | None = None
-    keep: int | None = None
-    ratio: float | None = None
     mode: Literal["clean", "faithful"] = "clean"
 
-    name = "visionzip"
+    default_budget: ClassVar[float | int | None] = 64  # 54 + 10
 
     def __post_init__(self) -> None:
-        check_budget(self.keep, self.ratio, self.name)
+        super().__post_init__()
         explicit = self.dominant is not None or self.contextual is not None
-        if explicit and (self.keep is not None or self.ratio is not None):
-            raise ValueError("visionzip: give dominant/contextual or a keep/ratio budget, not both")
+        if explicit and self.budget_given:
+            raise ValueError(f"{self.name}: give dominant/contextual or a keep/ratio budget, not both")
         for f in ("dominant", "contextual"):
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"visionzip: {f} must be a whole number >= 0, got {v!r}")
+                raise ValueError(f"{self.name}: {f} must be a whole number >= 0, got {v!r}")
         if self.mode not in ("clean", "faithful"):
-            raise ValueError(f"visionzip: mode must be 'clean' or 'faithful', got {self.mode!r}")
+            raise ValueError(f"{self.name}: mode must be 'clean' or 'faithful', got {self.mode!r}")
 
     def counts(self, n: int) -> tuple[int, int]:
         """(dominant, contextual) for N tokens."""
-        if self.keep is not None or self.ratio is not None:
-            total = min(n, self.keep) if self.keep is not None else max(1, min(n, int(n * self.ratio)))
+        if self.budget_given:
+            total = super().count(n)
             contextual = round(total * 10 / 64)
             return total - contextual, contextual
         return (54 if self.dominant is None else self.dominant), (10 if self.contextual is None else self.contextual)
 
+    def count(self, n: int) -> int:
+        dominant, contextual = self.counts(n)
+        n_dom = min(n, dominant)
+        return n_dom + min(contextual, n - n_dom)
 
+
+@register("visionzip", config=VisionZipConfig, applies="pre_projector",
+          signals=SignalRequest(score_layer=-2, style="head_mean"), needs=("cls_attn", "keys"),
+          summary="dominant tokens by [CLS] attention + contextual merge (default 54+10)",
+          reference="Yang et al., CVPR 2025; dvlab-research/VisionZip")
 def visionzip(
     features: Tensor,
     *,
     cls_attn: Tensor | None = None,
     keys: Tensor | None = None,
     cls_feature: Tensor | None = None,
-    config: VisionZipConfig | None = None,
-    **options,
+    config: VisionZipConfig,
 ) -> Reduction:
     """VisionZip on patch features ``(B, N, C)`` with ``cls_attn`` ``(B, N)`` (head-summed or -averaged [CLS]
     attention; only the order matters) and ``keys`` ``(B, N, Ck)`` (head-mean keys). ``cls_feature`` ``(B, C)``
     is prepended as the first dominant token (anchor -1) when given."""
-    cfg = config if config is not None else VisionZipConfig(**options)
-    check_features(features)
+    cfg = config
     if cls_attn is None or keys is None:
-        raise ValueError("visionzip needs cls_attn (B, N) and keys (B, N, Ck)")
-    if features.shape[0] == 0:
-        return empty_reduction(features, cfg.name)
+        raise ValueError(f"{cfg.name} needs cls_attn (B, N) and keys (B, N, Ck)")
     check_scores(cls_attn, features, "cls_attn")
     check_keys(keys, features)
     b, n, c = features.shape

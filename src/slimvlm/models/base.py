@@ -10,29 +10,24 @@ pipeline's (``slimvlm.pipeline``), the same for every family.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Mapping
 
-import torch
 from torch import Tensor, nn
 
+from ..methods import SignalRequest, available, get
 from ..signals import VisionSignals, capture_signals
 
-__all__ = ["VisualItem", "Adapter", "SignalRequest", "Container", "no_signal_message"]
+__all__ = [
+    "VisualItem", "Adapter", "SignalRequest", "Container", "no_signal_message", "square_grid", "clip_like_item",
+    "per_token_signals", "resample_signals",
+]
 
 #: How the stock forward consumes ``mm_encoder_outputs[modality].pooler_output``:
 #: ``"list"``: a list of ``(m_i, D)`` (``torch.cat(..., 0)``); ``"flat"``: a tensor it ``.flatten(0, 1)``s,
 #: given as ``(Σm, 1, D)``; ``"list_flat"``: a list whose items it ``.flatten(0, 1)``s, given as ``(m_i, 1, D)``.
 Container = Literal["list", "flat", "list_flat"]
-
-
-@dataclass(frozen=True)
-class SignalRequest:
-    """What the method needs from the vision tower: ``score_layer`` (encoder layer of the q/k) and the
-    ``style`` of :meth:`VisionSignals.as_dict` (``"prumerge"`` or ``"visionzip"``)."""
-
-    score_layer: int = -1
-    style: str = "prumerge"
 
 
 @dataclass
@@ -49,7 +44,8 @@ class VisualItem:
         protected: ``(n,)`` bool, tokens kept unchanged at their place (LLaVA-NeXT's ``image_newline``).
         frames: the non-protected tokens form ``frames`` equal groups reduced independently (per frame).
         grid: raster layout ``(rows, cols)`` of one frame's non-protected tokens, where regular.
-        extra: adapter-private data (e.g. which projector to use).
+        projected: ``pre`` holds LLM-width tokens (there is no pre-projector feature for them, e.g. tokens pooled
+            after the projector): pre-projector methods reduce them as they are and nothing is projected.
     """
 
     modality: str
@@ -59,7 +55,7 @@ class VisualItem:
     protected: Tensor | None = None
     frames: int = 1
     grid: tuple[int, int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    projected: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -68,12 +64,14 @@ class VisualItem:
 
 class Adapter:
     """Base class of the per-family adapters. Subclasses set the class attributes and implement
-    :meth:`encode` and :meth:`project`."""
+    :meth:`encode_stock`, :meth:`encode_hooked` and :meth:`project` (and :meth:`mrope_positions` for M-RoPE)."""
 
     #: transformers class names this adapter handles.
     model_classes: ClassVar[tuple[str, ...]] = ()
-    #: how the stock forward consumes each modality's pooler_output.
+    #: the modalities, in the order the stock forward scatters them, and how it consumes each one's pooler_output.
     containers: ClassVar[Mapping[str, Container]] = {"image": "list"}
+    #: the input key holding each modality's pixels.
+    pixel_keys: ClassVar[Mapping[str, str]] = {"image": "pixel_values", "video": "pixel_values_videos"}
     #: ``"1d"``: positions follow the attention mask (LLaVA); ``"mrope"``: 3-D positions (Qwen2-VL).
     positions: ClassVar[str] = "1d"
     #: input keys that only carry pixels / layout for the encoder; dropped once features are injected.
@@ -87,6 +85,11 @@ class Adapter:
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
+
+    @property
+    def name(self) -> str:
+        """The model's class name, for messages."""
+        return type(self.model).__name__
 
     @property
     def inner(self) -> nn.Module:
@@ -103,17 +106,46 @@ class Adapter:
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Raise a clear error when the processor outputs miss what this family needs."""
         if "input_ids" not in inputs or inputs["input_ids"] is None:
-            raise ValueError(f"{type(self.model).__name__}: input_ids are required (pass the processor's outputs)")
+            raise ValueError(f"{self.name}: input_ids are required (pass the processor's outputs)")
 
-    def encode(
-        self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    # -- encoding ------------------------------------------------------------------------------------------
+
+    def pixels(self, inputs: Mapping[str, Any], modality: str) -> Any:
+        """The pixels of ``modality`` in ``inputs`` (None: none given)."""
+        return inputs.get(self.pixel_keys[modality])
+
+    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
+        """Encode every image / video of the batch, in the order the stock model scatters them: each modality
+        through the stock ``get_*_features`` when only the LLM-width tokens are needed, else through the hooked
+        tower path that also gives pre-projector features and the tower signals."""
+        items: list[VisualItem] = []
+        for modality in self.containers:
+            if self.pixels(inputs, modality) is None:
+                continue
+            if need_pre or signals is not None:
+                items += self.encode_hooked(modality, inputs, need_pre=need_pre, signals=signals)
+            else:
+                items += self.encode_stock(modality, inputs)
+        return items
+
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
+        """The items of ``modality`` from the stock feature function (tokens bit-identical to the stock model)."""
+        raise NotImplementedError
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
     ) -> list[VisualItem]:
-        """Encode every image / video of the batch, in the order the stock model scatters them."""
+        """The items of ``modality`` with pre-projector features and (if asked) the tower signals."""
         raise NotImplementedError
 
     def project(self, item: VisualItem, pre: Tensor) -> Tensor:
-        """Map reduced pre-projector features ``(m, C)`` to LLM width ``(m, D)``."""
-        raise NotImplementedError
+        """Map reduced pre-projector features ``(m, C)`` to LLM width ``(m, D)`` (an item whose ``pre`` is
+        already ``projected`` is returned as it is)."""
+        return pre if item.projected else self.inner.multi_modal_projector(pre)
+
+    def mrope_positions(self, inputs: Mapping[str, Any]) -> Tensor:
+        """``(3, B, L)`` (t, h, w) positions of the unreduced sequence; only for ``positions == "mrope"``."""
+        raise NotImplementedError(f"{self.name} uses 1-D positions")
 
     # -- helpers shared by the CLIP/SigLIP-based families -----------------------------------------------
 
@@ -125,13 +157,92 @@ class Adapter:
             tower, pixel_values, feature_layer=feature_layer, score_layer=signals.score_layer if signals else -1
         )
 
+    def clip_images(
+        self, tower: nn.Module, pixel_values: Tensor, inputs: Mapping[str, Any], signals: SignalRequest | None
+    ) -> list[VisualItem]:
+        """LLaVA-1.5-style images through the hooked tower: per image one square grid of patches ([CLS] dropped),
+        projected, with its pre-projector features and (if asked) its tower signals."""
+        sig = self.tower_signals(tower, pixel_values, self.single_layer(inputs), signals)
+        self.check_strategy(inputs, sig.has_cls)
+        tokens = self.inner.multi_modal_projector(sig.features)
+        items = [clip_like_item("image", t, pre) for t, pre in zip(tokens, sig.features)]
+        for b, item in enumerate(items):
+            if signals is not None:
+                item.signals = per_token_signals(sig, signals.style, b)
+        return items
+
+    def frame_signals(
+        self, tower: nn.Module, inputs: Mapping[str, Any], signals: SignalRequest | None
+    ) -> tuple[VisionSignals, int, int]:
+        """One hooked tower pass over every frame of every video: ``(signals, videos, frames per video)``."""
+        pvv = inputs["pixel_values_videos"]
+        v, f = pvv.shape[:2]
+        frames = pvv.reshape(v * f, *pvv.shape[2:])
+        return self.tower_signals(tower, frames, self.single_layer(inputs), signals), v, f
+
+    def feature_layer(self, inputs: Mapping[str, Any]) -> Any:
+        """``vision_feature_layer`` of this call (inputs override the config, as in the stock forward)."""
+        layer = inputs.get("vision_feature_layer")
+        return self.config.vision_feature_layer if layer is None else layer
+
+    def single_layer(self, inputs: Mapping[str, Any]) -> int:
+        """The one feature layer pre-projector methods reduce; a clear error for multi-layer features."""
+        layer = self.feature_layer(inputs)
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ValueError(
+                f"{self.name}: vision_feature_layer={layer!r}; slimvlm reduces pre-projector features of one selected "
+                "layer only (multi-layer features are not supported for pre-projector methods)"
+            )
+        return layer
+
+    def select_strategy(self, inputs: Mapping[str, Any]) -> str:
+        """``vision_feature_select_strategy`` of this call (inputs override the config)."""
+        strategy = inputs.get("vision_feature_select_strategy")
+        return self.config.vision_feature_select_strategy if strategy is None else strategy
+
+    def check_strategy(self, inputs: Mapping[str, Any], has_cls: bool) -> None:
+        """Pre-projector features come with [CLS] removed; the stock strategy must agree."""
+        strategy = self.select_strategy(inputs)
+        if strategy == "full" and has_cls:
+            raise ValueError(
+                f"{self.name}: vision_feature_select_strategy='full' keeps [CLS] as a visual token; pre-projector "
+                "reduction is not supported for it"
+            )
+        if strategy == "default" and not has_cls:
+            raise ValueError(
+                f"{self.name}: vision_feature_select_strategy='default' drops the first patch of a tower without "
+                "[CLS]; pre-projector reduction is not supported for it"
+            )
+
+    def stock_kwargs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Per-call overrides of the feature layer / strategy for the stock ``get_*_features`` (if given)."""
+        return {k: inputs[k] for k in ("vision_feature_layer", "vision_feature_select_strategy") if inputs.get(k) is not None}
+
+    def check_video_pixels(self, pixel_values_videos: Any) -> None:
+        """Videos come as ``(videos, frames, 3, H, W)``."""
+        if not isinstance(pixel_values_videos, Tensor) or pixel_values_videos.dim() != 5:
+            shape = tuple(pixel_values_videos.shape) if isinstance(pixel_values_videos, Tensor) else type(pixel_values_videos)
+            raise ValueError(f"{self.name}: pixel_values_videos must have shape (videos, frames, 3, H, W), got {shape}")
+
 
 def no_signal_message(adapter: Adapter) -> str:
     """The error for a method that needs attention signals on a tower that gives none."""
+    signal_free = ", ".join(name for name in available() if get(name).signals is None)
     return (
-        f"{type(adapter.model).__name__}'s vision tower has no [CLS] token and slimvlm has no attention signal for it "
-        "yet; use a method that needs none (tome, aim-merge, spatial, pool, random, sequential)"
+        f"{adapter.name}'s vision tower has no [CLS] token and slimvlm has no attention signal for it yet; use a method "
+        f"that needs none ({signal_free})"
     )
+
+
+def square_grid(n: int) -> tuple[int, int] | None:
+    """``(side, side)`` when ``n`` is a square, else None."""
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def clip_like_item(modality: str, tokens: Tensor, pre: Tensor | None = None) -> VisualItem:
+    """A LLaVA-1.5 style item (one square grid of patches, no protected tokens)."""
+    return VisualItem(modality, tokens, pre=pre, grid=square_grid(tokens.shape[0]))
 
 
 def per_token_signals(sig: VisionSignals, style: str, b: int) -> dict[str, Any]:
@@ -146,12 +257,22 @@ def per_token_signals(sig: VisionSignals, style: str, b: int) -> dict[str, Any]:
     return out
 
 
-def stack_signals(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate per-frame / per-tile signal dicts along the token axis (cls_feature stacks per frame)."""
+def resample_signals(sig: dict[str, Any], grid: tuple[int, int], resample) -> dict[str, Any]:
+    """Map per-patch signals ``(B, h·w[, Ck])`` onto tokens resampled by ``resample`` (a function on
+    ``(B, ch, h, w)`` maps, the same operator the model applies to the tokens: average pooling or bilinear
+    interpolation). ``cls_attn`` is rescaled by ``h·w / (h'·w')`` so that each frame's total attention is kept
+    (a pooled token gets the attention mass of the patches it covers); keys are resampled as they are."""
+    h, w = grid
     out: dict[str, Any] = {}
-    for name in ("cls_attn", "keys"):
-        if parts and all(name in p for p in parts):
-            out[name] = torch.cat([p[name] for p in parts], 0)
-    if parts and all("cls_feature" in p for p in parts):
-        out["cls_feature"] = torch.stack([p["cls_feature"] for p in parts], 0)
+    if sig.get("cls_attn") is not None:
+        a = sig["cls_attn"].float()
+        b = a.shape[0]
+        r = resample(a.reshape(b, 1, h, w))
+        scale = (h * w) / (r.shape[-2] * r.shape[-1])
+        out["cls_attn"] = r.reshape(b, -1) * scale
+    if sig.get("keys") is not None:
+        k = sig["keys"]
+        b, _, ck = k.shape
+        maps = k.float().reshape(b, h, w, ck).permute(0, 3, 1, 2)
+        out["keys"] = resample(maps).permute(0, 2, 3, 1).reshape(b, -1, ck).to(k.dtype)
     return out

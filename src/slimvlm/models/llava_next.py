@@ -1,12 +1,12 @@
-"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): "anyres" images, plus the pieces the other LLaVA-NeXT
-descendants share (LLaVA-OneVision, LLaVA-NeXT-Video, Video-LLaVA import them from here).
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): "anyres" images; LLaVA-OneVision and LLaVA-NeXT-Video
+extend this adapter.
 
 One image = a base tile (the whole image resized to the tower's input) plus a grid of high-resolution tiles;
 all tiles go through the vision tower as one batch (each tile has its own [CLS]) and the projector, then the
 model's ``pack_image_features`` builds the sequence the LLM sees: the base tile's ``n`` tokens, then the
 high-resolution grid unpadded to the image's aspect ratio, row by row, with ``image_newline`` after every row.
 
-Design (transformers5.md §2.1, §2.3):
+Design (see docs/architecture.md):
 
 - **One item per image** = exactly that packed sequence (bit-identical to the stock ``get_image_features``).
   The ``image_newline`` rows are ``protected``: the pipeline keeps them unchanged at their places and reduces
@@ -31,7 +31,6 @@ in the stock forward. Only a single feature layer can be reduced on pre-projecto
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -41,84 +40,6 @@ from torch import Tensor
 from .base import Adapter, SignalRequest, VisualItem
 
 __all__ = ["LlavaNextAdapter", "AnyresLayout"]
-
-
-# ------------------------------------------------------------------------------------------- shared helpers
-
-
-def feature_layer_of(adapter: Adapter, inputs: Mapping[str, Any]) -> Any:
-    """``vision_feature_layer`` of this call (inputs override the config, as in the stock forward)."""
-    layer = inputs.get("vision_feature_layer")
-    return adapter.config.vision_feature_layer if layer is None else layer
-
-
-def single_layer(adapter: Adapter, inputs: Mapping[str, Any]) -> int:
-    """The one feature layer pre-projector methods reduce; a clear error for multi-layer features."""
-    layer = feature_layer_of(adapter, inputs)
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(
-            f"{type(adapter.model).__name__}: vision_feature_layer={layer!r}; slimvlm reduces pre-projector features "
-            "of one selected layer only (multi-layer features are not supported for PruMerge / VisionZip)"
-        )
-    return layer
-
-
-def select_strategy(adapter: Adapter, inputs: Mapping[str, Any]) -> str:
-    """``vision_feature_select_strategy`` of this call (inputs override the config)."""
-    strategy = inputs.get("vision_feature_select_strategy")
-    return adapter.config.vision_feature_select_strategy if strategy is None else strategy
-
-
-def check_strategy(adapter: Adapter, strategy: str, has_cls: bool) -> None:
-    """Pre-projector features come with [CLS] removed; the stock strategy must agree."""
-    if strategy == "full" and has_cls:
-        raise ValueError(
-            f"{type(adapter.model).__name__}: vision_feature_select_strategy='full' keeps [CLS] as a visual token; "
-            "pre-projector reduction is not supported for it"
-        )
-    if strategy == "default" and not has_cls:
-        raise ValueError(
-            f"{type(adapter.model).__name__}: vision_feature_select_strategy='default' drops the first patch of a "
-            "tower without [CLS]; pre-projector reduction is not supported for it"
-        )
-
-
-def stock_kwargs(adapter: Adapter, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-call overrides of the feature layer / strategy for the stock ``get_*_features`` (if given)."""
-    return {
-        k: inputs[k]
-        for k in ("vision_feature_layer", "vision_feature_select_strategy")
-        if inputs.get(k) is not None
-    }
-
-
-def check_video_pixels(model_name: str, pixel_values_videos: Any) -> None:
-    if not isinstance(pixel_values_videos, Tensor) or pixel_values_videos.dim() != 5:
-        shape = tuple(pixel_values_videos.shape) if isinstance(pixel_values_videos, Tensor) else type(pixel_values_videos)
-        raise ValueError(
-            f"{model_name}: pixel_values_videos must have shape (videos, frames, 3, H, W), got {shape}"
-        )
-
-
-def resample_signals(sig: dict[str, Any], grid: tuple[int, int], resample) -> dict[str, Any]:
-    """Map per-patch signals ``(B, h·w[, Ck])`` onto tokens resampled by ``resample`` (a function on
-    ``(B, ch, h, w)`` maps, the same operator the model applies to the tokens: average pooling or bilinear
-    interpolation). ``cls_attn`` is rescaled by ``h·w / (h'·w')`` so that each frame's total attention is kept
-    (a pooled token gets the attention mass of the patches it covers); keys are resampled as they are."""
-    h, w = grid
-    out: dict[str, Any] = {}
-    if sig.get("cls_attn") is not None:
-        a = sig["cls_attn"].float()
-        b = a.shape[0]
-        r = resample(a.reshape(b, 1, h, w))
-        scale = (h * w) / (r.shape[-2] * r.shape[-1])
-        out["cls_attn"] = r.reshape(b, -1) * scale
-    if sig.get("keys") is not None:
-        k = sig["keys"]
-        b, _, ck = k.shape
-        maps = k.float().reshape(b, h, w, ck).permute(0, 3, 1, 2)
-        out["keys"] = resample(maps).permute(0, 2, 3, 1).reshape(b, -1, ck).to(k.dtype)
-    return out
 
 
 @dataclass
@@ -160,7 +81,7 @@ class LlavaNextAdapter(Adapter):
         pv = inputs.get("pixel_values")
         if pv is None:
             return
-        name = type(self.model).__name__
+        name = self.name
         if inputs.get("image_sizes") is None:
             raise ValueError(
                 f"{name}: pixel_values given without image_sizes (the (H, W) of every image, needed to unpad the "
@@ -199,12 +120,12 @@ class LlavaNextAdapter(Adapter):
 
     def image_kwargs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """kwargs of the stock ``get_image_features`` for these inputs."""
-        return dict(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], **stock_kwargs(self, inputs))
+        return dict(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], **self.stock_kwargs(inputs))
 
     def pack(self, feats: Sequence[Tensor], image_sizes: Any, newline: Tensor | None, inputs: Mapping[str, Any]) -> list[Tensor]:
         """The model's own ``pack_image_features`` on per-image ``(tiles, p, ch)`` features."""
         packed, _ = self.inner.pack_image_features(
-            list(feats), image_sizes, vision_feature_select_strategy=select_strategy(self, inputs), image_newline=newline
+            list(feats), image_sizes, vision_feature_select_strategy=self.select_strategy(inputs), image_newline=newline
         )
         return list(packed)
 
@@ -235,23 +156,20 @@ class LlavaNextAdapter(Adapter):
                 return side, side
         return 1, n_free
 
-    def encode_images(
-        self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
+        layouts = self.layouts(inputs, self.tile_counts(inputs))
+        tokens = list(self.inner.get_image_features(**self.image_kwargs(inputs), return_dict=True).pooler_output)
+        self._check_layouts(tokens, layouts)
+        return [
+            VisualItem("image", t, protected=lay.protected.to(t.device), grid=self.item_grid(lay))
+            for t, lay in zip(tokens, layouts)
+        ]
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
     ) -> list[VisualItem]:
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is None:
-            return []
         counts = self.tile_counts(inputs)
-        layouts = self.layouts(inputs, counts)
-        if not need_pre and signals is None:
-            out = self.inner.get_image_features(**self.image_kwargs(inputs), return_dict=True)
-            tokens = list(out.pooler_output)
-            self._check_layouts(tokens, layouts)
-            return [
-                VisualItem("image", t, protected=lay.protected.to(t.device), grid=self.item_grid(lay))
-                for t, lay in zip(tokens, layouts)
-            ]
-        return self._encode_images_pre(inputs, counts, layouts, signals)
+        return self._encode_images_pre(inputs, counts, self.layouts(inputs, counts), signals)
 
     def _check_layouts(self, tokens: list[Tensor], layouts: list[AnyresLayout]) -> None:
         for t, lay in zip(tokens, layouts):
@@ -267,8 +185,8 @@ class LlavaNextAdapter(Adapter):
     ) -> list[VisualItem]:
         inner = self.inner
         tiles = self.gather_tiles(inputs["pixel_values"], counts)
-        sig = self.tower_signals(inner.vision_tower, tiles, single_layer(self, inputs), signals)
-        check_strategy(self, select_strategy(self, inputs), sig.has_cls)
+        sig = self.tower_signals(inner.vision_tower, tiles, self.single_layer(inputs), signals)
+        self.check_strategy(inputs, sig.has_cls)
         feats = sig.features  # (T, p, C), [CLS] removed
         proj = inner.multi_modal_projector(feats)
         sizes = inputs["image_sizes"]
@@ -293,14 +211,11 @@ class LlavaNextAdapter(Adapter):
                 item_sig["keys"] = one(d["keys"])
             if d.get("cls_feature") is not None:
                 item_sig["cls_feature"] = d["cls_feature"][start]  # the base tile's [CLS]: the global view
-            if lay.exact:
-                pre, extra = one(feats), {}
-            else:  # interpolated tokens have no pre-projector feature: reduce the LLM-width tokens themselves
-                pre, extra = tok, {"post": True}
+            # interpolated tokens have no pre-projector feature: reduce the LLM-width tokens themselves
             items.append(
                 VisualItem(
-                    "image", tok, pre=pre, signals=item_sig, protected=lay.protected.to(tok.device),
-                    grid=self.item_grid(lay), extra=extra,
+                    "image", tok, pre=one(feats) if lay.exact else tok, signals=item_sig,
+                    protected=lay.protected.to(tok.device), grid=self.item_grid(lay), projected=not lay.exact,
                 )
             )
             start += n
@@ -321,27 +236,3 @@ class LlavaNextAdapter(Adapter):
         if n_high:
             scale[high] = (h * w) / n_high
         return scale
-
-    # -- Adapter API -------------------------------------------------------------------------------------
-
-    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        return self.encode_images(inputs, need_pre=need_pre, signals=signals)
-
-    def project(self, item: VisualItem, pre: Tensor) -> Tensor:
-        if item.extra.get("post"):
-            return pre  # the item was reduced on LLM-width tokens
-        return self.inner.multi_modal_projector(pre)
-
-
-def square_grid(n: int) -> tuple[int, int] | None:
-    side = math.isqrt(n)
-    return (side, side) if side * side == n else None
-
-
-def clip_like_item(modality: str, tokens: Tensor, pre: Tensor | None = None) -> VisualItem:
-    """A LLaVA-1.5 style item (one square grid of patches, no protected tokens)."""
-    return VisualItem(modality, tokens, pre=pre, grid=square_grid(tokens.shape[0]))
-
-
-__all__ += ["feature_layer_of", "single_layer", "select_strategy", "check_strategy", "stock_kwargs",
-            "check_video_pixels", "resample_signals", "square_grid", "clip_like_item"]

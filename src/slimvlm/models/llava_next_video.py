@@ -20,20 +20,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SignalRequest, VisualItem
-from .llava_next import (
-    LlavaNextAdapter,
-    check_strategy,
-    check_video_pixels,
-    resample_signals,
-    select_strategy,
-    single_layer,
-    stock_kwargs,
-)
+from .base import SignalRequest, VisualItem, resample_signals
+from .llava_next import LlavaNextAdapter
 
 __all__ = ["LlavaNextVideoAdapter"]
 
@@ -47,7 +38,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         super().check_inputs(inputs)
         if inputs.get("pixel_values_videos") is not None:
-            check_video_pixels(type(self.model).__name__, inputs["pixel_values_videos"])
+            self.check_video_pixels(inputs["pixel_values_videos"])
 
     @property
     def stride(self) -> int:
@@ -60,22 +51,24 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     def _pool(self, maps: Tensor) -> Tensor:
         return F.avg_pool2d(maps, kernel_size=self.stride, stride=self.stride)
 
-    def encode_videos(
-        self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
+        if modality == "image":
+            return super().encode_stock(modality, inputs)
+        pvv = inputs["pixel_values_videos"]
+        f = pvv.shape[1]
+        out = self.inner.get_video_features(pixel_values_videos=pvv, **self.stock_kwargs(inputs), return_dict=True)
+        tokens = out.pooler_output  # (V, F·m, D)
+        return [VisualItem("video", t, frames=f, grid=self._grid(t, f, self.pooled_grid())) for t in tokens]
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
     ) -> list[VisualItem]:
-        pvv = inputs.get("pixel_values_videos")
-        if pvv is None:
-            return []
+        if modality == "image":
+            return super().encode_hooked(modality, inputs, need_pre=need_pre, signals=signals)
         inner = self.inner
-        v, f = pvv.shape[:2]
         grid = self.pooled_grid()
-        if not need_pre and signals is None:
-            out = inner.get_video_features(pixel_values_videos=pvv, **stock_kwargs(self, inputs), return_dict=True)
-            tokens = out.pooler_output  # (V, F·m, D)
-            return [VisualItem("video", tokens[i], frames=f, grid=self._grid(tokens[i], f, grid)) for i in range(v)]
-        frames = pvv.reshape(v * f, *pvv.shape[2:])
-        sig = self.tower_signals(inner.vision_tower, frames, single_layer(self, inputs), signals)
-        check_strategy(self, select_strategy(self, inputs), sig.has_cls)
+        sig, v, f = self.frame_signals(inner.vision_tower, inputs, signals)
+        self.check_strategy(inputs, sig.has_cls)
         pre = inner.vision_resampler(sig.features)  # (V·F, m, C'), before the projector as in the stock model
         m = pre.shape[1]
         tokens = inner.multi_modal_projector(pre).unflatten(0, (v, f)).flatten(1, 2)
@@ -96,11 +89,3 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     @staticmethod
     def _grid(tokens: Tensor, frames: int, grid: tuple[int, int]) -> tuple[int, int] | None:
         return grid if grid[0] * grid[1] * frames == tokens.shape[0] else None
-
-    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        return self.encode_images(inputs, need_pre=need_pre, signals=signals) + self.encode_videos(
-            inputs, need_pre=need_pre, signals=signals
-        )
-
-    def project(self, item: VisualItem, pre: Tensor) -> Tensor:
-        return self.inner.multi_modal_projector(pre)

@@ -21,7 +21,7 @@ tokens (``pre = tokens``), with the per-patch signals pooled by the same bilinea
 container is ``"flat"``: the stock forward ``.flatten(0, 1)``s the video features, so the reduced tokens of
 all videos go in as ``(Σm, 1, D)``.
 
-No [CLS] (deviation, algorithms.md §1.12): PruMerge / PruMerge+ / VisionZip use the pseudo-[CLS] score
+No [CLS] (deviation, docs/methods.md, "Signals"): PruMerge / PruMerge+ / VisionZip use the pseudo-[CLS] score
 "attention received" (column mean of the head-mean attention of the scoring layer) that
 :func:`~slimvlm.signals.capture_signals` gives for SigLIP; VisionZip gets no ``cls_feature``.
 """
@@ -35,16 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SignalRequest, VisualItem
-from .llava_next import (
-    LlavaNextAdapter,
-    check_strategy,
-    check_video_pixels,
-    resample_signals,
-    select_strategy,
-    single_layer,
-    stock_kwargs,
-)
+from .base import SignalRequest, VisualItem, resample_signals
+from .llava_next import LlavaNextAdapter
 
 __all__ = ["LlavaOnevisionAdapter"]
 
@@ -66,7 +58,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         super().check_inputs(inputs)
-        name = type(self.model).__name__
+        name = self.name
         pv = inputs.get("pixel_values")
         if pv is not None:
             bni = inputs.get("batch_num_images")
@@ -85,7 +77,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                         f"{name}: batch_num_images sums to {total} but there are {len(inputs['image_sizes'])} images"
                     )
         if inputs.get("pixel_values_videos") is not None:
-            check_video_pixels(name, inputs["pixel_values_videos"])
+            self.check_video_pixels(inputs["pixel_values_videos"])
 
     # -- images: like LLaVA-NeXT, with batch_num_images and anyres_max ------------------------------------
 
@@ -120,32 +112,37 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         """The stock ``apply_pooling`` interpolation on ``(B, ch, h, w)`` maps."""
         return F.interpolate(maps, size=list(self.pooled_grid()), mode="bilinear")
 
-    def encode_videos(
-        self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
-    ) -> list[VisualItem]:
-        pvv = inputs.get("pixel_values_videos")
-        if pvv is None:
-            return []
-        inner = self.inner
-        v, f = pvv.shape[:2]
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
+        if modality == "image":
+            return super().encode_stock(modality, inputs)
+        pvv = inputs["pixel_values_videos"]
+        f = pvv.shape[1]
+        out = self.inner.get_video_features(pixel_values_videos=pvv, **self.stock_kwargs(inputs), return_dict=True)
+        tokens = out.pooler_output  # (V, F·m + 1, D)
+        protected = self._video_protected(f).to(tokens.device)
+        return [VisualItem("video", t, protected=protected, frames=f, grid=self.pooled_grid()) for t in tokens]
+
+    def _video_protected(self, frames: int) -> Tensor:
+        """Per video token: the closing ``image_newline`` is protected."""
         gh, gw = self.pooled_grid()
-        per_frame = gh * gw
-        protected = torch.zeros(f * per_frame + 1, dtype=torch.bool)
+        protected = torch.zeros(frames * gh * gw + 1, dtype=torch.bool)
         protected[-1] = True
-        if not need_pre and signals is None:
-            out = inner.get_video_features(pixel_values_videos=pvv, **stock_kwargs(self, inputs), return_dict=True)
-            tokens = out.pooler_output  # (V, F·m + 1, D)
-            return [
-                VisualItem("video", tokens[i], protected=protected.to(tokens.device), frames=f, grid=(gh, gw))
-                for i in range(v)
-            ]
-        frames = pvv.reshape(v * f, *pvv.shape[2:])
-        sig = self.tower_signals(inner.vision_tower, frames, single_layer(self, inputs), signals)
-        check_strategy(self, select_strategy(self, inputs), sig.has_cls)
+        return protected
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    ) -> list[VisualItem]:
+        if modality == "image":
+            return super().encode_hooked(modality, inputs, need_pre=need_pre, signals=signals)
+        inner = self.inner
+        gh, gw = self.pooled_grid()
+        sig, v, f = self.frame_signals(inner.vision_tower, inputs, signals)
+        self.check_strategy(inputs, sig.has_cls)
         proj = inner.multi_modal_projector(sig.features)
-        pooled = inner.apply_pooling(proj).reshape(v, f * per_frame, -1)
+        pooled = inner.apply_pooling(proj).reshape(v, f * gh * gw, -1)
         newline = inner.image_newline[None, None, :].repeat(v, 1, 1).to(pooled.device)
         tokens = torch.cat((pooled, newline), dim=1)
+        protected = self._video_protected(f).to(tokens.device)
         d = sig.as_dict(style=signals.style) if signals is not None else {}
         frame_sig = resample_signals(d, sig.grid, self._pool)
         items = []
@@ -154,15 +151,11 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             for name, x in frame_sig.items():
                 x = x[i * f : (i + 1) * f].flatten(0, 1)  # (F·m[, Ck])
                 item_sig[name] = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the newline row
+            # pooling follows the projector: the pooled LLM-width tokens are what a pre-projector method reduces
             items.append(
                 VisualItem(
-                    "video", tokens[i], pre=tokens[i], signals=item_sig, protected=protected.to(tokens.device),
-                    frames=f, grid=(gh, gw), extra={"post": True},
+                    "video", tokens[i], pre=tokens[i], signals=item_sig, protected=protected, frames=f,
+                    grid=(gh, gw), projected=True,
                 )
             )
         return items
-
-    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        return self.encode_images(inputs, need_pre=need_pre, signals=signals) + self.encode_videos(
-            inputs, need_pre=need_pre, signals=signals
-        )

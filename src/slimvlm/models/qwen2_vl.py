@@ -1,5 +1,5 @@
 """Qwen2-VL and Qwen2.5-VL: a ViT without [CLS] whose PatchMerger turns every 2×2 patch group into one LLM
-token; images and videos as ``(t, h, w)`` grids; 3-D M-RoPE positions (transformers5.md §2.3).
+token; images and videos as ``(t, h, w)`` grids; 3-D M-RoPE positions.
 
 Reduction runs per temporal slice (``frames = t``, each ``(h/2)·(w/2)`` LLM tokens, ``grid = (h/2, w/2)``).
 Kept tokens take their anchor's ``(t, h, w)`` position from ``get_rope_index`` on the unreduced sequence; text
@@ -13,7 +13,7 @@ Pre-projector path (PruMerge, PruMerge+, VisionZip are ``"pre_projector"`` metho
 ``project(item, pre) = merger.mlp(pre)``, so ``project(pre)`` is the stock token. Methods that merge tokens
 therefore average normalised 2×2 groups, which the merger's MLP then maps to LLM width.
 
-Attention signals (pseudo-[CLS] deviation, algorithms.md §1.12, as for LLaVA-OneVision's SigLIP): the tower
+Attention signals (pseudo-[CLS] deviation, docs/methods.md "Signals", as for LLaVA-OneVision's SigLIP): the tower
 has no [CLS] token, so ``cls_attn`` is the "attention received" of the **last** vision block: a forward
 pre-hook (``with_kwargs=True``) on ``visual.blocks[-1].attn`` records its input (the block's ``norm1`` output),
 ``cu_seqlens`` and ``position_embeddings`` (cos, sin); q and k are recomputed with the module's own ``qkv``
@@ -21,8 +21,8 @@ Linear and the model's own ``apply_rotary_pos_emb_vision``, and within every ``c
 temporal slice of each image / video; a window for a window-attention block) the per-head softmax
 ``softmax(q kᵀ · d^-1/2)`` is averaged over queries (column mean) and over heads. This is computed outside
 the tower, so its attention implementation (sdpa, eager, flash) does not matter. ``keys`` are the same
-block's (post-RoPE) keys, all heads concatenated (``"prumerge"`` style) or averaged over heads
-(``"visionzip"`` style). The requested score layer is not used: Qwen2.5-VL's inner blocks use window
+block's (post-RoPE) keys, all heads concatenated (``"full_width"`` style) or averaged over heads
+(``"head_mean"`` style). The requested score layer is not used: Qwen2.5-VL's inner blocks use window
 attention (only ``fullatt_block_indexes`` attend over the whole frame, the last one among them in the
 released checkpoints), so both PruMerge and VisionZip read the last block here. There is no ``cls_feature``.
 
@@ -196,7 +196,7 @@ class Qwen2VLAdapter(Adapter):
 
     def token_signals(self, cap: TowerCapture, rev: Tensor | None, style: str) -> dict[str, Tensor]:
         """Per LLM token, in LLM order: ``cls_attn`` (sum of the 2×2 group's scores) and ``keys`` (mean of
-        its keys; all heads concatenated for ``"prumerge"``, averaged over heads for ``"visionzip"``)."""
+        its keys; all heads concatenated for ``"full_width"``, averaged over heads for ``"head_mean"``)."""
         score, keys = self.patch_signals(cap)
         u = self.merge_unit
         n, heads, d = keys.shape
@@ -204,7 +204,7 @@ class Qwen2VLAdapter(Adapter):
             raise RuntimeError(f"{n} patches do not form whole {u}-patch merge groups")
         cls_attn = score.view(-1, u).sum(-1)
         keys = keys.view(-1, u, heads, d).mean(1)  # (n/u, H, d)
-        keys = keys.flatten(1) if style == "prumerge" else keys.mean(1)
+        keys = keys.flatten(1) if style == "full_width" else keys.mean(1)
         return {"cls_attn": self._to_llm_order(cls_attn, rev), "keys": self._to_llm_order(keys, rev)}
 
     def pre_features(self, cap: TowerCapture, rev: Tensor | None) -> Tensor:
@@ -216,51 +216,52 @@ class Qwen2VLAdapter(Adapter):
 
     # -- encode / project ----------------------------------------------------------------------------------
 
-    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
+    def _features(self, modality: str):
+        """The stock feature function and the grid key of ``modality``."""
+        if modality == "image":
+            return self.inner.get_image_features, "image_grid_thw"
+        return self.inner.get_video_features, "video_grid_thw"
+
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
+        fn, grid_key = self._features(modality)
+        grids = inputs[grid_key]
+        out = fn(self.pixels(inputs, modality), grids, return_dict=True).pooler_output
         merge = self.config.vision_config.spatial_merge_size
-        hooked = need_pre or signals is not None
+        return [
+            VisualItem(modality, tokens, frames=int(t), grid=(h // merge, w // merge))
+            for tokens, (t, h, w) in zip(out, grids.tolist())
+        ]
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    ) -> list[VisualItem]:
+        fn, grid_key = self._features(modality)
+        grids = inputs[grid_key]
+        merge = self.config.vision_config.spatial_merge_size
+        with capture_tower(self.visual, attention=signals is not None, merger=True) as cap:
+            out = fn(self.pixels(inputs, modality), grids, return_dict=True).pooler_output
+        if cap.calls.get("merger") != 1 or (signals is not None and cap.calls.get("attn") != 1):
+            raise RuntimeError(f"expected one vision-tower call per modality, the hooks saw {cap.calls}")
+        rev = self.unpermute_index(grids)
+        stock = torch.cat(list(out))
+        if cap.merger_output is None or not torch.equal(self._to_llm_order(cap.merger_output, rev), stock):
+            raise RuntimeError(
+                f"{self.name}: the merger output does not match the stock tokens in the un-permuted order; the vision "
+                "tower's token order is not the one slimvlm expects"
+            )
+        pre = self.pre_features(cap, rev) if need_pre else None
+        sig = self.token_signals(cap, rev, signals.style) if signals is not None else {}
         items: list[VisualItem] = []
-        for modality, pix, grid_key, fn in (
-            ("image", "pixel_values", "image_grid_thw", self.inner.get_image_features),
-            ("video", "pixel_values_videos", "video_grid_thw", self.inner.get_video_features),
-        ):
-            if inputs.get(pix) is None:
-                continue
-            grids = inputs[grid_key]
-            if not hooked:
-                out = fn(inputs[pix], grids, return_dict=True).pooler_output
-                for tokens, (t, h, w) in zip(out, grids.tolist()):
-                    items.append(VisualItem(modality, tokens, frames=int(t), grid=(h // merge, w // merge)))
-                continue
-            with capture_tower(self.visual, attention=signals is not None, merger=True) as cap:
-                out = fn(inputs[pix], grids, return_dict=True).pooler_output
-            if cap.calls.get("merger") != 1 or (signals is not None and cap.calls.get("attn") != 1):
-                raise RuntimeError(f"expected one vision-tower call per modality, the hooks saw {cap.calls}")
-            rev = self.unpermute_index(grids)
-            stock = torch.cat(list(out))
-            if cap.merger_output is None or not torch.equal(self._to_llm_order(cap.merger_output, rev), stock):
-                raise RuntimeError(
-                    f"{type(self.model).__name__}: the merger output does not match the stock tokens in the "
-                    "un-permuted order; the vision tower's token order is not the one slimvlm expects"
+        start = 0
+        for tokens, (t, h, w) in zip(out, grids.tolist()):
+            span = slice(start, start + tokens.shape[0])
+            start = span.stop
+            items.append(
+                VisualItem(
+                    modality, tokens, pre=None if pre is None else pre[span],
+                    signals={name: x[span] for name, x in sig.items()}, frames=int(t), grid=(h // merge, w // merge),
                 )
-            pre = self.pre_features(cap, rev) if need_pre else None
-            sig = self.token_signals(cap, rev, signals.style) if signals is not None else {}
-            start = 0
-            for tokens, (t, h, w) in zip(out, grids.tolist()):
-                n = tokens.shape[0]
-                span = slice(start, start + n)
-                start += n
-                items.append(
-                    VisualItem(
-                        modality,
-                        tokens,
-                        pre=None if pre is None else pre[span],
-                        signals={name: x[span] for name, x in sig.items()},
-                        frames=int(t),
-                        grid=(h // merge, w // merge),
-                    )
-                )
-        # the stock forward scatters all images first, then all videos (two separate masks)
+            )
         return items
 
     def project(self, item: VisualItem, pre: Tensor) -> Tensor:

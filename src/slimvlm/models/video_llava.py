@@ -22,8 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .base import Adapter, SignalRequest, VisualItem, per_token_signals
-from .llava_next import check_strategy, check_video_pixels, clip_like_item, select_strategy, single_layer, stock_kwargs
+from .base import Adapter, SignalRequest, VisualItem, clip_like_item
 
 __all__ = ["VideoLlavaAdapter"]
 
@@ -34,67 +33,48 @@ class VideoLlavaAdapter(Adapter):
     encoder_keys = ("pixel_values", "pixel_values_images", "pixel_values_videos")
     has_cls = True
 
+    def pixels(self, inputs: Mapping[str, Any], modality: str) -> Any:
+        if modality == "image":
+            pv = inputs.get("pixel_values")
+            return inputs.get("pixel_values_images") if pv is None else pv
+        return super().pixels(inputs, modality)
+
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         super().check_inputs(inputs)
-        name = type(self.model).__name__
+        name = self.name
         if inputs.get("pixel_values") is not None and inputs.get("pixel_values_images") is not None:
             raise ValueError(f"{name}: pass pixel_values or the deprecated pixel_values_images, not both")
-        pv = self._image_pixels(inputs)
+        pv = self.pixels(inputs, "image")
         if pv is not None and (not isinstance(pv, Tensor) or pv.dim() != 4):
             raise ValueError(f"{name}: pixel_values must have shape (images, 3, H, W), got {getattr(pv, 'shape', pv)}")
         if inputs.get("pixel_values_videos") is not None:
-            check_video_pixels(name, inputs["pixel_values_videos"])
-
-    @staticmethod
-    def _image_pixels(inputs: Mapping[str, Any]) -> Tensor | None:
-        pv = inputs.get("pixel_values")
-        return inputs.get("pixel_values_images") if pv is None else pv
+            self.check_video_pixels(inputs["pixel_values_videos"])
 
     @property
     def patches_per_frame(self) -> int:
         vc = self.config.vision_config
         return (vc.image_size // vc.patch_size) ** 2
 
-    # -- images ------------------------------------------------------------------------------------------
-
-    def encode_images(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        pv = self._image_pixels(inputs)
-        if pv is None:
-            return []
+    def encode_stock(self, modality: str, inputs: Mapping[str, Any]) -> list[VisualItem]:
         inner = self.inner
-        if not need_pre and signals is None:
-            out = inner.get_image_features(pixel_values=pv, **stock_kwargs(self, inputs), return_dict=True)
+        if modality == "image":
+            out = inner.get_image_features(pixel_values=self.pixels(inputs, "image"), **self.stock_kwargs(inputs), return_dict=True)
             return [clip_like_item("image", t) for t in out.pooler_output]
-        sig = self.tower_signals(inner.image_tower, pv, single_layer(self, inputs), signals)
-        check_strategy(self, select_strategy(self, inputs), sig.has_cls)
-        pre = sig.features
-        tokens = inner.multi_modal_projector(pre)
-        items = []
-        for b in range(pre.shape[0]):
-            item = clip_like_item("image", tokens[b], pre[b])
-            if signals is not None:
-                item.signals = per_token_signals(sig, signals.style, b)
-            items.append(item)
-        return items
-
-    # -- videos ------------------------------------------------------------------------------------------
-
-    def encode_videos(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        pvv = inputs.get("pixel_values_videos")
-        if pvv is None:
-            return []
-        inner = self.inner
+        pvv = inputs["pixel_values_videos"]
         v, f = pvv.shape[:2]
-        p = self.patches_per_frame
-        if not need_pre and signals is None:
-            kw = {"vision_feature_layer": inputs["vision_feature_layer"]} if inputs.get("vision_feature_layer") is not None else {}
-            out = inner.get_video_features(pixel_values_videos=pvv, **kw, return_dict=True)
-            per_frame = out.pooler_output  # (V·F, [1 +] p, D)
-            has_cls = per_frame.shape[1] == p + 1
-            tokens = per_frame.reshape(v, f * per_frame.shape[1], -1)
-            return [self._video_item(tokens[i], f, has_cls) for i in range(v)]
-        frames = pvv.reshape(v * f, *pvv.shape[2:])
-        sig = self.tower_signals(inner.video_tower, frames, single_layer(self, inputs), signals)
+        kw = {"vision_feature_layer": inputs["vision_feature_layer"]} if inputs.get("vision_feature_layer") is not None else {}
+        per_frame = inner.get_video_features(pixel_values_videos=pvv, **kw, return_dict=True).pooler_output  # (V·F, [1 +] p, D)
+        has_cls = per_frame.shape[1] == self.patches_per_frame + 1
+        tokens = per_frame.reshape(v, f * per_frame.shape[1], -1)
+        return [self._video_item(tokens[i], f, has_cls) for i in range(v)]
+
+    def encode_hooked(
+        self, modality: str, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None
+    ) -> list[VisualItem]:
+        inner = self.inner
+        if modality == "image":
+            return self.clip_images(inner.image_tower, self.pixels(inputs, "image"), inputs, signals)
+        sig, v, f = self.frame_signals(inner.video_tower, inputs, signals)
         feats = sig.features  # (V·F, p, C) patches
         full = torch.cat([sig.cls_feature[:, None], feats], 1) if sig.has_cls else feats
         per_frame = inner.multi_modal_projector(full)  # as the stock model: [CLS] kept
@@ -125,13 +105,3 @@ class VideoLlavaAdapter(Adapter):
         side = int(round((t - int(has_cls)) ** 0.5))
         grid = (side, side) if side * side == t - int(has_cls) else None
         return VisualItem("video", tokens, pre=pre, protected=protected, frames=frames, grid=grid)
-
-    # -- Adapter API -------------------------------------------------------------------------------------
-
-    def encode(self, inputs: Mapping[str, Any], *, need_pre: bool, signals: SignalRequest | None) -> list[VisualItem]:
-        return self.encode_images(inputs, need_pre=need_pre, signals=signals) + self.encode_videos(
-            inputs, need_pre=need_pre, signals=signals
-        )
-
-    def project(self, item: VisualItem, pre: Tensor) -> Tensor:
-        return self.inner.multi_modal_projector(pre)
