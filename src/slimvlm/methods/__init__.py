@@ -23,6 +23,7 @@ from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .fastervlm import FasterVLMConfig, fastervlm
+from .vispruner import VisPrunerConfig, vispruner
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -43,4 +44,5 @@ __all__ = [
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
     "fastervlm", "FasterVLMConfig",
+    "vispruner", "VisPrunerConfig",
 ]
