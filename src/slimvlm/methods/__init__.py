@@ -24,6 +24,7 @@ from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .fastervlm import FasterVLMConfig, fastervlm
 from .vispruner import VisPrunerConfig, vispruner
+from .divprune import DivPruneConfig, divprune
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -45,4 +46,5 @@ __all__ = [
     "fastv", "FastVConfig",
     "fastervlm", "FasterVLMConfig",
     "vispruner", "VisPrunerConfig",
+    "divprune", "DivPruneConfig",
 ]
