@@ -313,3 +313,44 @@ def test_summary_flag_marks_the_extra_token():
     from slimvlm.methods import spatial
 
     assert not spatial(x, keep=16).has_summary(0)
+
+
+# --- near-ties: faithful mode follows the exact order of the neighbour similarities --------------------------
+
+
+def near_tie_inputs():
+    """48 tokens. Token 0 has the largest attention; tokens 1-31 are clearly close to it (cos 0.55-0.99), tokens 32
+    (u) and 33 (v) compete for its 32nd neighbour: v is closer by 2.6e-8 in exact arithmetic, less than float32
+    resolves (both cosines round to the same float32 value); the rest are orthogonal to it."""
+    n = 48
+    keys = torch.zeros(1, n, 3)
+    keys[0, :, 2] = 1.0
+    keys[0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    for i in range(1, 32):
+        keys[0, i] = torch.tensor([1.0, 0.05 * i, 0.0])
+    keys[0, 32] = torch.tensor([1.0, 1.732048511505127, 0.0])  # u
+    keys[0, 33] = torch.tensor([1.0, 1.7320483922958374, 0.0])  # v
+    attn = torch.full((1, n), 0.01)
+    attn[0, 0] = 0.5
+    x = torch.randn(1, n, 6, generator=torch.Generator().manual_seed(0))
+    return x, attn, keys
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_faithful_near_tie_follows_the_exact_order(plus):
+    x, attn, keys = near_tie_inputs()
+    k64 = keys[0].double() / keys[0].double().norm(dim=-1, keepdim=True)
+    assert float(k64[33] @ k64[0]) - float(k64[32] @ k64[0]) > 2e-8  # v is the closer one
+    k32 = torch.nn.functional.normalize(keys[0], dim=-1)
+    s32 = k32 @ k32[0]
+    assert float(s32[33]) <= float(s32[32])  # premise: float32 products cannot tell them apart (tie or swap)
+    # the official candidate list of token 0: the other kept token (PruMerge+: its grid sample 24), then the pruned
+    # tokens in raster order; its 32 nearest by the exact cosine: tokens 1-31 and v (33), never u (32)
+    fn = prumerge_plus if plus else prumerge
+    red = fn(x, cls_attn=attn, keys=keys, keep=2 if plus else 1, mode="faithful")
+    assert red.anchors[0, 0].item() == 0
+    nbrs = list(range(1, 32)) + [33]
+    want = x[0, 0] + sum(attn[0, j] * x[0, j] for j in nbrs)
+    torch.testing.assert_close(red.features[0, 0], want, **TOL)
+    wrong = x[0, 0] + sum(attn[0, j] * x[0, j] for j in list(range(1, 32)) + [32])
+    assert not torch.allclose(red.features[0, 0], wrong, **TOL)

@@ -39,7 +39,8 @@ The rules below (docs/methods.md, "PruMerge and PruMerge+"):
 
 Both modes: neighbour ties are broken by candidate order (kept tokens in output order, then pruned tokens
 in raster order, as the official candidate list), and k is clamped to N-1 when N ≤ 32 (the official code
-would fail inside ``topk``).
+would fail inside ``topk``). Faithful mode computes the neighbour similarities in float64, so near-ties (cosines
+within float32 rounding) fall as in the official per-token products; clean mode uses one float32 matmul.
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ def _prumerge(features, cls_attn, keys, q, k, cfg: PruMergeConfig, plus: bool) -
         normalize=cfg.normalize_weights,
         extra_token=with_extra,
         extra_when_nothing_pruned=faithful,
+        exact=faithful,
         method=method,
     )
 
@@ -336,6 +338,7 @@ def token_supplement(
     normalize: bool = False,
     extra_token: bool = True,
     extra_when_nothing_pruned: bool = False,
+    exact: bool = False,
     method: str = "prumerge",
 ) -> Reduction:
     """PruMerge's Token Supplement (§1.6) for padded centre and pruned index lists.
@@ -344,7 +347,9 @@ def token_supplement(
     its ``k_neighbors`` most similar candidates (cosine of L2-normalised keys; ties: earlier candidate first)
     are added with weight ``weights[j]`` (centre weight 1), or averaged convexly when ``normalize``.
     Each merged row has only k + 1 terms, so it is summed as a weighted bag of feature rows (no dense
-    centre × token weight matrix).
+    centre × token weight matrix). ``exact``: the similarities in float64 (at most N × N of them), so that
+    neighbours whose cosines differ by less than float32 rounding are ordered as exact arithmetic orders them,
+    which is the order the official per-token products give (float32 batched matmuls can swap such near-ties).
     """
     b, n, c = features.shape
     dev = features.device
@@ -356,10 +361,9 @@ def token_supplement(
     )
     centre_valid = cand_valid[:, :m]
 
-    kn = F.normalize(keys.float(), dim=-1)
+    kn = F.normalize(keys.double() if exact else keys.float(), dim=-1)
     rows_b = torch.arange(b, device=dev)[:, None]
-    # similarities of every centre to every token, then read in candidate-slot order (duplicates included);
-    # computed exactly this way so that near-ties resolve as before
+    # similarities of every centre to every token, then read in candidate-slot order (duplicates included)
     sim = (kn[rows_b, centres] @ kn.transpose(1, 2)).gather(2, cand[:, None, :].expand(-1, m, -1))
     sim.masked_fill_(~cand_valid[:, None, :], -math.inf)
     sim.diagonal(dim1=1, dim2=2).fill_(-math.inf)  # a centre is not its own candidate
@@ -455,7 +459,8 @@ def _best_taker(sim: Tensor, nbr: Tensor, centre_valid: Tensor, p: int) -> Tenso
     b, m, kk = nbr.shape
     s = sim.gather(2, nbr).masked_fill_(~centre_valid[..., None], -math.inf).flatten(1)  # (B, M·kk)
     col = torch.where(nbr >= m, nbr - m, p).flatten(1)  # pruned column; centre neighbours go to the dump column p
-    best = torch.full((b, p + 1), -math.inf, device=sim.device).scatter_reduce_(1, col, s, reduce="amax")
+    best = torch.full((b, p + 1), -math.inf, dtype=sim.dtype, device=sim.device)
+    best.scatter_reduce_(1, col, s, reduce="amax")
     hit = (s == best.gather(1, col)) & (s > -math.inf)
     centre_slot = torch.arange(m, device=sim.device).repeat_interleave(kk).expand(b, -1)
     lowest = torch.full((b, p + 1), m, dtype=torch.long, device=sim.device)
