@@ -21,11 +21,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .methods import SignalRequest, make_config
 from .methods import get as get_method
-from .methods.registry import TOWER_SIGNALS
+from .methods.registry import PROMPT_SIGNALS, TOWER_SIGNALS
 from .models import adapter_for
 from .models.base import Adapter, VisualItem, no_signal_message
 
-__all__ = ["apply", "prepare", "encode", "encoding_key", "SlimVLM", "ItemStats", "Prepared", "POSITIONS"]
+__all__ = [
+    "apply", "prepare", "encode", "encoding_key", "prompt_signals", "SlimVLM", "ItemStats", "Prepared", "POSITIONS",
+]
 
 #: How the reduced prompt is numbered for 1-D RoPE families (LLaVA, LLaVA-NeXT, OneVision, Video-LLaVA):
 #: ``"renumber"`` (default; the official LLaVA / PruMerge code): positions 0..L'-1 over the shorter sequence,
@@ -68,9 +70,12 @@ def _split_frames(x: Tensor, frames: int, what: str) -> Tensor:
     return x.reshape(frames, n // frames, *x.shape[1:])
 
 
-def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) -> tuple[Any, Tensor]:
+def item_reduction(
+    item: VisualItem, method: str, config: Any, use_pre: bool, prompt: Mapping[str, Tensor] | None = None
+) -> tuple[Any, Tensor]:
     """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows) and the
-    item positions of its unprotected tokens, which the reduction's indices refer to."""
+    item positions of its unprotected tokens, which the reduction's indices refer to. ``prompt``: the item's
+    signals from the prompt (:func:`prompt_signals`), the same for every frame."""
     info = get_method(method)
     n = item.num_tokens
     dev = item.tokens.device
@@ -90,15 +95,20 @@ def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) ->
         signals["cls_feature"] = cls.reshape(frames, -1)
     if item.grid is not None and item.grid[0] * item.grid[1] == n_f:
         signals["grid"] = item.grid
+    for name, value in (prompt or {}).items():
+        signals[name] = value[None].expand(frames, *value.shape)
     given = {k: v for k, v in signals.items() if k in info.accepts}
     return info.function(feats, config=config, **given), free
 
 
-def reduce_item(item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool) -> tuple[Tensor, Tensor]:
+def reduce_item(
+    item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool,
+    prompt: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
     for each, the position within the item's placeholder run whose position it takes (its anchor: M-RoPE, and
     1-D with ``positions="original"``)."""
-    red, free = item_reduction(item, method, config, use_pre)
+    red, free = item_reduction(item, method, config, use_pre, prompt)
     frames = item.frames
     n_f = red.assignment.shape[1]
     out_tokens, out_src = [], []
@@ -165,6 +175,65 @@ def _check_counts(input_ids: Tensor, placeholder: dict[str, int], counts: dict[s
             )
 
 
+def _item_runs(input_ids: Tensor, placeholder: dict[str, int], counts: dict[str, list[int]]) -> dict[str, list[Tensor]]:
+    """Per modality, each item's placeholder positions in the flattened ``(B·L)`` input (items in placeholder
+    order; the counts are checked by :func:`_check_counts`)."""
+    flat = input_ids.flatten()
+    runs: dict[str, list[Tensor]] = {}
+    for modality, token_id in placeholder.items():
+        where = (flat == token_id).nonzero().flatten()
+        runs[modality] = list(where.split(counts[modality])) if counts[modality] else []
+    return runs
+
+
+def _instructions(
+    adapter: Adapter, inputs: Mapping[str, Any], items: list[VisualItem], placeholder: dict[str, int],
+    counts: dict[str, list[int]],
+) -> list[dict[str, Tensor]]:
+    """``text_embeds`` per item: the language model's input embeddings of the text tokens of the item's batch row
+    that follow its placeholder run (padding and every placeholder left out), or of those before it when none
+    follow. The instruction sits after the image in the usual chat templates, the system prompt before it."""
+    ids: Tensor = inputs["input_ids"]
+    length = ids.shape[1]
+    mask = inputs.get("attention_mask")
+    text = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask != 0
+    for token_id in placeholder.values():
+        text &= ids != token_id
+    runs = _item_runs(ids, placeholder, counts)
+    embed = adapter.model.get_input_embeddings()
+    pos = torch.arange(length, device=ids.device)
+    seen = dict.fromkeys(placeholder, 0)
+    out = []
+    for item in items:
+        run = runs[item.modality][seen[item.modality]]
+        seen[item.modality] += 1
+        row, first, last = int(run[0]) // length, int(run[0]) % length, int(run[-1]) % length
+        after = text[row] & (pos > last)
+        chosen = after if bool(after.any()) else text[row] & (pos < first)
+        out.append({"text_embeds": embed(ids[row][chosen])})
+    return out
+
+
+def prompt_signals(
+    model: nn.Module, inputs: Mapping[str, Any], items: list[VisualItem], method: str
+) -> list[dict[str, Tensor]]:
+    """Per item (:func:`encode` order), the signals ``method`` reads from the prompt (see ``PROMPT_SIGNALS`` in
+    ``slimvlm.methods.registry``; empty dicts when it reads none): what :func:`prepare` passes to the method."""
+    return _prompt_signals(adapter_for(model), inputs, items, method)
+
+
+def _prompt_signals(
+    adapter: Adapter, inputs: Mapping[str, Any], items: list[VisualItem], method: str
+) -> list[dict[str, Tensor]]:
+    if not set(PROMPT_SIGNALS) & set(get_method(method).accepts):
+        return [{} for _ in items]
+    placeholder = adapter.placeholder_ids()
+    counts = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
+    _check_counts(inputs["input_ids"], placeholder, counts)
+    with torch.no_grad():
+        return _instructions(adapter, inputs, items, placeholder, counts)
+
+
 def _check_items(items: Any, method: str, use_pre: bool, request: SignalRequest | None) -> None:
     """Precomputed items must be a list of :class:`VisualItem` carrying what ``method`` reads."""
     if not isinstance(items, (list, tuple)) or not all(isinstance(it, VisualItem) for it in items):
@@ -195,14 +264,10 @@ def _rebuild(
     keep = (mask.flatten() != 0).clone()
     source = torch.arange(b * length, device=ids.device)  # whose original position each kept position takes
     rows: list[int] = []
+    runs = _item_runs(ids, placeholder, counts)
     for modality, token_id in placeholder.items():
-        where = (flat_ids == token_id).nonzero().flatten()
-        items = reduced.get(modality, [])
-        keep[where] = False
-        start = 0
-        for (tokens, src), n in zip(items, counts[modality]):
-            run = where[start : start + n]
-            start += n
+        keep[flat_ids == token_id] = False
+        for (tokens, src), run in zip(reduced.get(modality, []), runs[modality]):
             row = int(run[0]) // length
             if int(run[-1]) // length != row:
                 raise ValueError(f"a {modality}'s placeholder tokens span two batch rows")
@@ -322,9 +387,10 @@ def _prepare(
         placeholder = adapter.placeholder_ids()
         counts: dict[str, list[int]] = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
         _check_counts(inputs["input_ids"], placeholder, counts)  # before anything reads positions
+        prompts = _prompt_signals(adapter, inputs, items, method)
         reduced: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        for item in items:
-            reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre))
+        for item, prompt in zip(items, prompts):
+            reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre, prompt))
         pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
     original_1d = positions == "original" and adapter.positions != "mrope"
     per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d, original_1d)

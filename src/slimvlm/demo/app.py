@@ -51,14 +51,15 @@ def reductions_of(model: Any, inputs: Any, methods: Methods) -> dict[str, Any]:
     exactly as the pipeline computes it (same encoding, same signals). Methods that prune inside the LLM give
     their pre-LLM stage; those that change nothing before the LLM are left out."""
     from ..methods import get, make_config
-    from ..pipeline import encode, encoding_key, item_reduction
+    from ..pipeline import encode, encoding_key, item_reduction, prompt_signals
 
     out = {}
     for name, options in method_pairs(methods):
         if not get(name).reduces:
             continue
-        item = encode(model, inputs, name)[0]
-        red, _ = item_reduction(item, name, make_config(name, **options), encoding_key(model, name)[0])
+        items = encode(model, inputs, name)
+        prompt = prompt_signals(model, inputs, items, name)[0]
+        red, _ = item_reduction(items[0], name, make_config(name, **options), encoding_key(model, name)[0], prompt)
         out[_label(name, options)] = red
     return out
 

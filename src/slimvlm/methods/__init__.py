@@ -25,6 +25,7 @@ from .fastv import FastVConfig, fastv
 from .fastervlm import FasterVLMConfig, fastervlm
 from .vispruner import VisPrunerConfig, vispruner
 from .divprune import DivPruneConfig, divprune
+from .cdpruner import CDPrunerConfig, cdpruner
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -47,4 +48,5 @@ __all__ = [
     "fastervlm", "FasterVLMConfig",
     "vispruner", "VisPrunerConfig",
     "divprune", "DivPruneConfig",
+    "cdpruner", "CDPrunerConfig",
 ]

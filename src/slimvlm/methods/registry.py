@@ -48,10 +48,15 @@ SIGNALS = {
     "metric": "(B, N, Ck) similarity metric for merging (default: the features)",
     "cls_feature": "(B, C) the [CLS] feature, prepended by VisionZip when given",
     "grid": "(rows, cols) layout of the N tokens in raster order (default: square)",
+    "text_embeds": "(B, M, Dt) embeddings of each item's instruction (all-zero rows are padding); the pipeline gives "
+    "the language model's input embeddings of the prompt's text after the image",
+    "image_embeds": "(B, N, Dt) the visual tokens in the space of text_embeds (default: the features)",
 }
 
 #: the signals an adapter reads from the vision tower (the others come from the features or the layout).
 TOWER_SIGNALS = ("cls_attn", "keys")
+#: the signals the pipeline reads from the prompt (per item, from its batch row), see ``slimvlm.pipeline``.
+PROMPT_SIGNALS = ("text_embeds",)
 
 Stage = Literal["pre_projector", "post_projector"]
 
