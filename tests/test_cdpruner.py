@@ -385,3 +385,27 @@ def test_demo_overlay_reduction_reads_the_question(shipped_demo):
     assert red.counts == [16]
     _, ((injected, item),) = run(model, inp, "cdpruner", keep=16)
     assert source_positions(injected, item.tokens) == red.anchors[0].tolist()
+
+
+def test_a_reused_encoding_reads_each_prompts_own_instruction():
+    """``prepare(..., items=...)`` (one tower pass shared by several prompts, as ``slimvlm eval`` does): every row
+    is reduced with its own prompt's instruction."""
+    from slimvlm.pipeline import prepare
+
+    model = model_of("llava")
+    inp = dict(make_inputs(model, "llava", "image", prompts=("What is red?", "Describe every object in the image.")))
+    inp["pixel_values"] = inp["pixel_values"][:1].expand(2, -1, -1, -1)  # one image, two questions
+    items = encode(model, {**inp, "input_ids": inp["input_ids"][:1], "attention_mask": inp["attention_mask"][:1],
+                           "pixel_values": inp["pixel_values"][:1]}, "cdpruner")
+    kept = prepare(model, inp, "cdpruner", items=items * 2, keep=10).kwargs["mm_encoder_outputs"]["image"].pooler_output
+    ph = T.placeholder_token_ids(model)["image"]
+    tok = items[0].tokens
+    picks = []
+    with torch.no_grad():
+        for row in range(2):
+            where = (inp["input_ids"][row] == ph).nonzero().flatten()
+            text = expected_instruction(model, inp, row, int(where.min()), int(where.max()))
+            (want,) = official_cdpruner(tok[None], text[None], 10, mode="clean")
+            torch.testing.assert_close(kept[row], tok[want], atol=0, rtol=0)
+            picks.append(want)
+    assert picks[0] != picks[1]  # the two questions choose differently
