@@ -7,7 +7,8 @@ Shapes:
 
 Inputs are random: features and keys ~ N(0, 1); the [CLS] attention is the softmax of N(0, 0.5^2) logits with
 planted outliers (4-9 % of the tokens get +3..+5), so the IQR rule keeps roughly 5-12 % of the tokens, as
-PruMerge does on real images (~32-60 of 576).
+PruMerge does on real images (~32-60 of 576); an instruction of 16 token embeddings ~ N(0, 1) of width C
+(``text_embeds``). Every registered method gets the signals it accepts from that set.
 
 Baselines timed in the same run:
   1. "official loop": a transcription of the loop structure of the official PruMerge+ code
@@ -57,6 +58,7 @@ SHAPES = [  # (label, N, grid passed to grid-aware methods)
     ("video", 2048, (32, 64)),  # 8 frames x 16 x 16 laid out as one 32 x 64 raster
 ]
 BATCHES = (1, 8)
+TEXT_TOKENS = 16  # instruction length given to methods that take text_embeds
 TOWER_THRESHOLD_PCT = 2.0
 SPEEDUP_THRESHOLD = 10.0
 OFFICIAL_BUDGET_S = 120.0  # time budget of one official-loop case; fewer runs beyond it (said in the output)
@@ -79,7 +81,8 @@ def make_inputs(b: int, n: int, seed: int) -> dict:
         idx = torch.randperm(n, generator=g)[:n_out]
         logits[i, idx] += 3.0 + 2.0 * torch.rand(n_out, generator=g)
     cls_attn = logits.softmax(-1)
-    return dict(features=features, cls_attn=cls_attn, keys=keys)
+    text_embeds = torch.randn(b, TEXT_TOKENS, C, generator=g)
+    return dict(features=features, cls_attn=cls_attn, keys=keys, text_embeds=text_embeds)
 
 
 def iqr_stats(cls_attn: torch.Tensor) -> tuple[list[int], float]:
@@ -371,7 +374,7 @@ def main(argv=None) -> int:
             per, pooled = iqr_stats(inp["cls_attn"])
             print(f"\n[{label}] N={n} C={C} batch={b}: IQR outliers per item {per} "
                   f"({100 * sum(per) / (b * n):.1f} %); pooled ratio {100 * pooled:.1f} %", flush=True)
-            signals = dict(cls_attn=inp["cls_attn"], keys=inp["keys"], grid=grid)
+            signals = dict(cls_attn=inp["cls_attn"], keys=inp["keys"], text_embeds=inp["text_embeds"], grid=grid)
             case_rows = []
             for name, opts in variants:
                 fn = lambda: sm.reduce(name, inp["features"], signals=signals, **opts)  # noqa: E731
