@@ -25,8 +25,8 @@ live in the LLM's input space); there, ``negate`` defaults to False: the inversi
 
 ``mode="faithful"`` is the official arithmetic. Its defects: the min-max runs over the whole batch (an image's
 choice depends on the other images), a constant relevance divides by zero, and once the kernel's rank is spent
-(``d² <= 0``, e.g. duplicate tokens or K above the width) the square root turns NaN and the official code then
-chooses index 0 again and again (fewer tokens than K); faithful mode raises there. ``mode="clean"`` (default):
+(``d² <= 0``, e.g. duplicate tokens or K above the width) the square root turns NaN and the official loop then
+re-chooses low indices (its mask keeps fewer than K tokens); faithful mode raises there. ``mode="clean"`` (default):
 min-max per item, a constant relevance (or no instruction) is uniform, and once the rank is spent the remaining
 tokens are taken by relevance (ties to the lower index). On one image with a kernel of full rank both modes agree.
 Both modes: a token's similarity to itself is exactly 1 (the official float product is 1 up to rounding, which
