@@ -437,7 +437,6 @@ class SlimVLMEval(lmms):
         if s.is_demo:
             self.backend.model.to(s.device)
         self.slim = _apply(self.backend.model, s)
-        self.batch_size_per_gpu = s.batch_size
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: Optional[dict] = None) -> "SlimVLMEval":
@@ -462,9 +461,10 @@ class SlimVLMEval(lmms):
     def _doc(self, task: str, split: str, doc_id: int) -> dict:
         return self.task_dict[task][split][doc_id]
 
-    def _row(self, context: str, visuals: Any, continuation: str = "") -> _Row:
+    def _row(self, context: str, visuals: Any) -> _Row:
+        """The prompt around ``context`` with a slot per visual, and the visuals."""
         images, videos = _split_visuals(visuals, self.settings.max_frames_num)
-        return _Row(self.backend.prompt(context, len(images), len(videos)) + continuation, images, videos)
+        return _Row(self.backend.prompt(context, len(images), len(videos)), images, videos)
 
     def _to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         dtype = self.backend.model.dtype
