@@ -232,7 +232,7 @@ BAD_ARGS = [
     ("pretrained=demo,method=nosuch", "unknown method 'nosuch'"),
     ("pretrained=demo,method=prumerge+,keep=0", "keep"),
     ("pretrained=demo,method=none,keep=64", "unknown argument(s) keep"),
-    ("pretrained=demo,method=fastv,keep=64", "nor an option of fastv (k, r, prune_mode)"),
+    ("pretrained=demo,method=fastv,l1=3", "unknown argument(s) l1: not a model argument (pretrained, method"),
     ("pretrained=demo,method=spatial,keep=32,positions=sideways", "positions must be one of renumber, original"),
     ("pretrained=demo,methdo=spatial", "unknown argument(s) methdo"),
     ("pretrained=demo,batch_size=0", "batch_size must be an integer >= 1"),
