@@ -131,7 +131,7 @@ def _method_facts(method: str) -> tuple[str, ...]:
     ValueError for an unknown method). Options themselves are checked by ``slimvlm.methods.make_config``."""
     from slimvlm.methods import get
 
-    return tuple(f.name for f in dataclasses.fields(get(method).config))
+    return get(method).options
 
 
 @dataclass(frozen=True)
