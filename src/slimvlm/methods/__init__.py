@@ -22,6 +22,7 @@ from .sequential import SequentialConfig, sequential
 from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
+from .dycoke import DyCokeConfig, dycoke
 from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
@@ -42,5 +43,6 @@ __all__ = [
     "spatial", "SpatialConfig",
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
+    "dycoke", "DyCokeConfig",
     "evs", "EVSConfig",
 ]
