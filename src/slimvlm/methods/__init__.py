@@ -23,6 +23,7 @@ from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .dycoke import DyCokeConfig, dycoke
+from .fastvid import FastVIDConfig, fastvid
 from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
@@ -44,5 +45,6 @@ __all__ = [
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
     "dycoke", "DyCokeConfig",
+    "fastvid", "FastVIDConfig",
     "evs", "EVSConfig",
 ]
