@@ -24,6 +24,7 @@ from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .dycoke import DyCokeConfig, dycoke
 from .fastvid import FastVIDConfig, fastvid
+from .holitom import HoliTomConfig, holitom
 from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
@@ -46,5 +47,6 @@ __all__ = [
     "fastv", "FastVConfig",
     "dycoke", "DyCokeConfig",
     "fastvid", "FastVIDConfig",
+    "holitom", "HoliTomConfig",
     "evs", "EVSConfig",
 ]
