@@ -146,7 +146,7 @@ def check_against(red, rows) -> None:
 # ---------------------------------------------------------------------------------------------------- oracle agreement
 
 
-@pytest.mark.parametrize("opts", [{}, {"retain_ratio": 0.3}, {"keep": 5}, {"ratio": 0.4, "d": 0.5}, {"keep": 6, "d": 1.0, "k": 3},
+@pytest.mark.parametrize("opts", [{}, {"retain_ratio": 0.3}, {"keep": 5}, {"ratio": 0.4, "d": 0.5}, {"keep": 6, "d": 1.0, "knn": 3},
                                   {"retain_ratio": 0.25, "tau": 0.5, "beta": 0.2, "max_window": 2}])
 @pytest.mark.parametrize("frames,n", [(1, 16), (2, 12), (5, 16), (8, 9)])
 def test_equals_the_official_rule(frames, n, opts):
@@ -156,7 +156,7 @@ def test_equals_the_official_rule(frames, n, opts):
     cfg = HoliTomConfig(**opts)
     rate = Fraction(min(opts["keep"], n), n) if "keep" in opts else (
         Fraction(max(1, int(n * opts["ratio"])), n) if "ratio" in opts else opts.get("retain_ratio", 0.10))
-    check_against(red, ref_holitom(x, attn, rate, tau=cfg.tau, d=cfg.d, beta=cfg.beta, k=cfg.k, max_window=cfg.max_window))
+    check_against(red, ref_holitom(x, attn, rate, tau=cfg.tau, d=cfg.d, beta=cfg.beta, k=cfg.knn, max_window=cfg.max_window))
 
 
 def test_several_videos_one_call_each():
@@ -238,7 +238,7 @@ def test_zero_budget_edge_and_bad_inputs():
     assert sum(holitom(x, cls_attn=attn, ratio=0.01).counts) <= 4 + 4  # 1 per frame, rounded up per frame
     with pytest.raises(ValueError, match="cls_attn"):
         holitom(x)
-    for bad in ({"retain_ratio": 0.0}, {"retain_ratio": 0.2, "keep": 3}, {"d": 1.5}, {"k": 0}, {"max_window": 0}, {"tau": "x"}):
+    for bad in ({"retain_ratio": 0.0}, {"retain_ratio": 0.2, "keep": 3}, {"d": 1.5}, {"knn": 0}, {"max_window": 0}, {"tau": "x"}):
         with pytest.raises(ValueError, match="holitom"):
             HoliTomConfig(**bad)
     assert reduce("holitom", x, {"cls_attn": attn}, keep=3).method == "holitom"

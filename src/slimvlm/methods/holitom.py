@@ -16,7 +16,7 @@ in the last SigLIP layer); ported to ``ModelTC/LightCompress`` at ``9701d035b0aa
    mean over the window's frames; the others are dynamic;
 3. each frame's L dynamic tokens (``merge_tokens_by_attention_density``): ``total = ceil(L · r')``,
    ``dominant = round(total · (1 - D))`` tokens of largest attention (kept in position order), and
-   ``total - dominant`` DPC-KNN clusters (``k = min(K, clusters)``) of the others;
+   ``total - dominant`` DPC-KNN clusters (``k = min(K, clusters)``, K = ``knn``) of the others;
 4. the window's static tokens (``merge_tokens_by_density``): ``round(L_s · r')`` DPC-KNN clusters;
 5. a cluster of DPC-KNN: centres = the best-scored tokens (position order), every other token joins its nearest
    centre (``cdist / sqrt(C)``), a centre with members becomes ``beta · centre + (1 - beta) · mean(members)``;
@@ -77,7 +77,7 @@ class HoliTomConfig(TemporalConfig):
         tau: similarity above which a position is static between two frames (``T``).
         d: share of each frame's dynamic budget given to DPC-KNN clusters (``D``).
         beta: weight of a cluster's centre in its merged token.
-        k: neighbours of the DPC-KNN density (``K``).
+        knn: neighbours of the DPC-KNN density (``K``).
         max_window: longest window of frames.
         seed: seed of the 1e-6 tie-breaking noise on the densities.
     """
@@ -86,7 +86,7 @@ class HoliTomConfig(TemporalConfig):
     tau: float = 0.8
     d: float = 0.0
     beta: float = 0.6
-    k: int = 7
+    knn: int = 7
     max_window: int = 1024
     seed: int = 0
 
@@ -102,7 +102,7 @@ class HoliTomConfig(TemporalConfig):
             raise ValueError(f"{self.name}: tau must be a number, got {self.tau!r}")
         check_unit(self.d, "d", self.name)
         check_unit(self.beta, "beta", self.name)
-        for name in ("k", "max_window"):
+        for name in ("knn", "max_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{self.name}: {name} must be a whole number >= 1, got {v!r}")
@@ -213,7 +213,7 @@ def holitom(features: Tensor, *, cls_attn: Tensor | None = None, config: HoliTom
         if contextual > 0:
             pool = dyn.gather(1, others[..., None].expand(-1, -1, c))
             noise = tie_noise(tuple(pool.shape[:2]), gen, dev)
-            merged, centres, joined = _clusters(pool, contextual, min(cfg.k, contextual), noise, cfg.beta)
+            merged, centres, joined = _clusters(pool, contextual, min(cfg.knn, contextual), noise, cfg.beta)
             centre_pos = dyn_pos[others.gather(1, centres)]
             parts.append((merged, centre_pos))
             owners[frames, dyn_pos[others]] = centre_pos.gather(1, joined)
@@ -222,7 +222,7 @@ def holitom(features: Tensor, *, cls_attn: Tensor | None = None, config: HoliTom
         if size > 1 and clusters > 0:
             mean = x[s : e + 1, static_pos].mean(0)[None]  # (1, L_s, C)
             noise = tie_noise((1, static_pos.shape[0]), gen, dev)
-            merged, centres, joined = _clusters(mean, clusters, min(cfg.k, clusters), noise, cfg.beta)
+            merged, centres, joined = _clusters(mean, clusters, min(cfg.knn, clusters), noise, cfg.beta)
             kept[s].append(static_pos[centres[0]])
             feats[s].append(merged[0])
             owners[s, static_pos] = static_pos[centres[0]][joined[0]]
