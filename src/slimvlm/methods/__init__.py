@@ -22,6 +22,10 @@ from .sequential import SequentialConfig, sequential
 from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
+from .dycoke import DyCokeConfig, dycoke
+from .fastvid import FastVIDConfig, fastvid
+from .holitom import HoliTomConfig, holitom
+from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -41,4 +45,8 @@ __all__ = [
     "spatial", "SpatialConfig",
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
+    "dycoke", "DyCokeConfig",
+    "fastvid", "FastVIDConfig",
+    "holitom", "HoliTomConfig",
+    "evs", "EVSConfig",
 ]
