@@ -22,6 +22,7 @@ from .sequential import SequentialConfig, sequential
 from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
+from .pyramiddrop import PyramidDropConfig, pyramiddrop
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -41,4 +42,5 @@ __all__ = [
     "spatial", "SpatialConfig",
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
+    "pyramiddrop", "PyramidDropConfig",
 ]
