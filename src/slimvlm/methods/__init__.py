@@ -23,6 +23,7 @@ from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .pyramiddrop import PyramidDropConfig, pyramiddrop
+from .dart import DARTConfig, dart
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -43,4 +44,5 @@ __all__ = [
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
     "pyramiddrop", "PyramidDropConfig",
+    "dart", "DARTConfig",
 ]
