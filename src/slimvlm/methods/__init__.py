@@ -24,6 +24,7 @@ from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
 from .pyramiddrop import PyramidDropConfig, pyramiddrop
 from .dart import DARTConfig, dart
+from .sparsevlm import SparseVLMConfig, sparsevlm
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -45,4 +46,5 @@ __all__ = [
     "fastv", "FastVConfig",
     "pyramiddrop", "PyramidDropConfig",
     "dart", "DARTConfig",
+    "sparsevlm", "SparseVLMConfig",
 ]
