@@ -65,6 +65,7 @@ def official_dart(model, embeds, visual, k_layer, keep, p_img=4, p_txt=4, steps=
     assert vis == list(range(start, start + length))
     extra, pivots = keep - p_img, p_img + p_txt
     h, positions = embeds[None], list(range(embeds.shape[0]))
+    h_in = h
     with torch.no_grad():
         for layer_idx in range(len(lm.layers)):
             if layer_idx == k_layer:

@@ -268,8 +268,11 @@ class Rule:
     outputs; the hidden states are its output), ``"input"``: the cut layer's own projections applied to its input
     before the cut (PyramidDrop). ``defaults``: the rule's options and their default values."""
 
-    source: str = "previous"
-    defaults: dict[str, Any] = {}
+    def __init__(self, source: str = "previous", defaults: dict[str, Any] | None = None):
+        if source not in ("previous", "input"):
+            raise ValueError(f"source must be 'previous' or 'input', got {source!r}")
+        self.source = source
+        self.defaults = dict(defaults or {})
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         """The options with defaults filled in; a ValueError names unknown or bad ones."""
@@ -291,7 +294,8 @@ class TopK(Rule):
 
     def __init__(self, fn: Callable[..., Tensor], source: str = "previous", defaults: dict[str, Any] | None = None,
                  check: Callable[[dict[str, Any]], None] | None = None):
-        self.fn, self.source, self.defaults, self._check = fn, source, dict(defaults or {}), check
+        super().__init__(source, defaults)
+        self.fn, self._check = fn, check
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         out = super().check(options)
@@ -379,8 +383,8 @@ def dart_select(
 class DART(Rule):
     """DART: pivots by key L1 norm, then the tokens least similar to each pivot (duplication, not importance)."""
 
-    source = "previous"
-    defaults = {"pivot_image": 4, "pivot_text": 4}
+    def __init__(self) -> None:
+        super().__init__("previous", {"pivot_image": 4, "pivot_text": 4})
 
     def check(self, options: dict[str, Any]) -> dict[str, Any]:
         out = super().check(options)
@@ -479,9 +483,6 @@ def dpc_knn_merge(x: Tensor, valid: Tensor, clusters: Tensor) -> tuple[Tensor, T
 class SparseVLM(Rule):
     """SparseVLM v1.5: visual tokens ranked by the attention the text raters pay them (heads and raters averaged);
     with the schedule's recycling, the best-ranked pruned tokens are clustered into merged tokens."""
-
-    source = "previous"
-    defaults: dict[str, Any] = {}
 
     def prepare(self, embeds: Tensor, visual: Tensor, valid: Tensor, options: dict[str, Any]) -> dict[str, Tensor]:
         return {"raters": sparsevlm_raters(embeds, visual, valid)}
