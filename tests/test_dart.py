@@ -197,3 +197,19 @@ def test_every_family_generates_with_beams_and_sampling(fam, video):
 def test_bad_options(opts, msg):
     with pytest.raises(ValueError, match=msg):
         slimvlm.apply(tiny_model("llava"), "dart", **opts)
+
+
+def test_full_budget_is_stock_and_text_rows_pass_through():
+    m = tiny_model("llava")
+    inputs = tiny_inputs(m, "llava", ["no image here", "one image"], images_per_prompt=[0, 1])
+    with torch.no_grad():
+        stock = m(**inputs).logits
+        full = slimvlm.apply(m, "dart", keep=64)(**inputs).logits  # every one of the 64 visual tokens stays
+    torch.testing.assert_close(full, stock, atol=1e-6, rtol=1e-6)
+    out = {}
+    for mode in ("remove", "mask"):
+        slim = slimvlm.apply(m, "dart", prune_mode=mode, keep=10)
+        with torch.no_grad():
+            out[mode] = slim(**inputs).logits[:, -1]
+        assert slim.last_inllm_stats["kept"][3] == [0, 10]
+    assert (out["remove"] - out["mask"]).abs().max().item() <= 1e-5

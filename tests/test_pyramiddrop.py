@@ -196,3 +196,17 @@ def test_bad_options():
         slimvlm.apply(tiny_model("qwen2-vl"), "pyramiddrop", positions="renumber")
     with pytest.raises(ValueError, match="keep"):
         slimvlm.apply(m, "pyramiddrop", keep=0)
+
+
+def test_full_budget_is_stock_and_text_rows_pass_through():
+    m = tiny_model("llava")
+    inputs = tiny_inputs(m, "llava", ["no image here", "one image"], images_per_prompt=[0, 1])
+    with torch.no_grad():
+        stock = m(**inputs).logits
+        full = slimvlm.apply(m, "pyramiddrop", ratios=(1.0, 1.0, 1.0))(**inputs).logits
+    assert torch.equal(full, stock)  # nothing to cut: bit-identical
+    for mode in ("remove", "mask"):
+        slim = slimvlm.apply(m, "pyramiddrop", prune_mode=mode)
+        with torch.no_grad():
+            slim(**inputs)
+        assert slim.last_inllm_stats["kept"][3] == [0, 8]  # the text-only row has nothing to prune

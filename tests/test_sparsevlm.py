@@ -247,3 +247,18 @@ def test_every_family_generates_with_beams_and_sampling(fam, video):
 def test_bad_options(opts, msg):
     with pytest.raises(ValueError, match=msg):
         slimvlm.apply(tiny_model("llava"), "sparsevlm", **opts)
+
+
+def test_text_rows_pass_through_and_runs_repeat():
+    m = tiny_model("llava")
+    inputs = tiny_inputs(m, "llava", ["no image here", "one image"], images_per_prompt=[0, 1])
+    out = {}
+    for mode in ("remove", "mask"):
+        slim = slimvlm.apply(m, "sparsevlm", prune_mode=mode, stage_counts=(20, 10, 5))
+        with torch.no_grad():
+            out[mode] = slim(**inputs).logits[:, -1]
+            again = slim(**inputs).logits[:, -1]
+        assert torch.equal(again, out[mode])  # no random tie-break noise: runs repeat exactly
+        # 64 → 20 + merged(44: m = 14, 2 clusters) = 22 → 10 + merged(12: m = 4, 1) = 11 → 5 + 1
+        assert slim.last_inllm_stats["kept"] == {0: [0, 64], 1: [0, 22], 2: [0, 11], 3: [0, 6]}
+    assert (out["remove"] - out["mask"]).abs().max().item() <= 1e-5
