@@ -186,16 +186,17 @@ def test_every_family_generates_with_beams_and_sampling(fam, video):
 
 def test_bad_options():
     m = tiny_model("llava")
-    with pytest.raises(ValueError, match="positions"):
-        slimvlm.apply(m, "pyramiddrop", positions="shuffle")
+    with pytest.raises(ValueError, match="renumber must be"):
+        slimvlm.apply(m, "pyramiddrop", renumber="yes")
     with pytest.raises(ValueError, match="non-increasing"):
         slimvlm.apply(m, "pyramiddrop", ratios=(0.25, 0.5, 0.125))
     with pytest.raises(ValueError, match="not increasing"):
         slimvlm.apply(m, "pyramiddrop", layers=(8, 9, 24))  # → [1, 1, 3] on 4 layers
     with pytest.raises(ValueError, match="M-RoPE"):
-        slimvlm.apply(tiny_model("qwen2-vl"), "pyramiddrop", positions="renumber")
+        slimvlm.apply(tiny_model("qwen2-vl"), "pyramiddrop", renumber=True)
     with pytest.raises(ValueError, match="keep"):
         slimvlm.apply(m, "pyramiddrop", keep=0)
+    assert slimvlm.apply(m, "pyramiddrop", renumber=False).pruner.positions == "original"
 
 
 def test_full_budget_is_stock_and_text_rows_pass_through():

@@ -242,7 +242,7 @@ def test_every_family_generates_with_beams_and_sampling(fam, video):
     "opts,msg",
     [({"keep": 8, "stage_counts": (4, 2, 1)}, "not both"), ({"stage_counts": (4, 8, 1)}, "must not increase"),
      ({"stage_counts": (4, 2)}, "one whole number"), ({"layers": (2, 3, 15)}, "not increasing"),
-     ({"positions": "shuffle"}, "positions"), ({"keep": 0}, "keep")],
+     ({"renumber": "yes"}, "renumber must be"), ({"keep": 0}, "keep")],
 )
 def test_bad_options(opts, msg):
     with pytest.raises(ValueError, match=msg):

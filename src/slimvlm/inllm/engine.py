@@ -196,7 +196,7 @@ class InLLMPruner:
         self.mode = mode
         rope_1d = self._rope_is_1d()
         if positions == "renumber" and not rope_1d:
-            raise ValueError("positions='renumber' needs a 1-D RoPE language model; this one uses M-RoPE (use 'original')")
+            raise ValueError("renumbered positions (positions='renumber') need a 1-D RoPE language model; this one uses M-RoPE")
         self.positions = ("renumber" if rope_1d else "original") if positions == "auto" else positions
         self.visual_token_ids = list(visual_token_ids) if visual_token_ids is not None else _token_ids(model)
         if not self.visual_token_ids:

@@ -18,7 +18,6 @@ See docs/methods.md, "PyramidDrop".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import Tensor
 
@@ -29,16 +28,18 @@ from .budget import MethodConfig, check_budget
 from .none import keep_all
 from .registry import PrunerPlan, register
 
-__all__ = ["PyramidDropConfig", "pyramiddrop", "Positions", "check_positions"]
-
-Positions = Literal["auto", "renumber", "original"]
+__all__ = ["PyramidDropConfig", "pyramiddrop", "check_renumber", "pruner_positions"]
 
 
-def check_positions(name: str, positions: str) -> None:
-    """``positions`` must be ``"auto"`` (official renumbering on 1-D RoPE, original M-RoPE positions),
-    ``"renumber"`` or ``"original"``."""
-    if positions not in ("auto", "renumber", "original"):
-        raise ValueError(f"{name}: positions must be 'auto', 'renumber' or 'original', got {positions!r}")
+def check_renumber(name: str, renumber: bool | None) -> None:
+    """``renumber`` must be None (the official renumbering where the RoPE is 1-D), True or False."""
+    if renumber is not None and not isinstance(renumber, bool):
+        raise ValueError(f"{name}: renumber must be None (automatic), True or False, got {renumber!r}")
+
+
+def pruner_positions(renumber: bool | None) -> str:
+    """The in-LLM pruner's ``positions`` for a ``renumber`` option."""
+    return "auto" if renumber is None else ("renumber" if renumber else "original")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class PyramidDropConfig(MethodConfig):
         ratios: share of the original visual tokens each stage keeps (non-increasing).
         reference_layers: the depth ``layers`` are given for (32).
         keep: instead of ``ratios`` of n, the tokens the first stage keeps (the later stages its proportions).
-        positions: ``"auto"`` (the official renumbering on 1-D RoPE; M-RoPE keeps the original positions),
-            ``"renumber"`` or ``"original"``.
+        renumber: whether the kept tokens are renumbered after each stage (the official code); None: yes on
+            1-D RoPE, no on M-RoPE (Qwen2-VL, Qwen2.5-VL keep their (t, h, w) positions).
         prune_mode: ``"remove"`` (real speed-up) or ``"mask"`` (full-length reference).
     """
 
@@ -60,12 +61,12 @@ class PyramidDropConfig(MethodConfig):
     ratios: tuple[float, ...] = (0.5, 0.25, 0.125)
     reference_layers: int = 32
     keep: int | None = None
-    positions: Positions = "auto"
+    renumber: bool | None = None
     prune_mode: PruneMode = "remove"
 
     def __post_init__(self) -> None:
         check_prune_mode(self.name, self.prune_mode)
-        check_positions(self.name, self.positions)
+        check_renumber(self.name, self.renumber)
         check_budget(self.keep, None, self.name)
         if len(self.layers) != len(self.ratios) or not self.layers:
             raise ValueError(f"{self.name}: layers and ratios need the same non-zero length")
@@ -77,7 +78,7 @@ class PyramidDropConfig(MethodConfig):
 
 def _pyramiddrop_pruner(config: PyramidDropConfig, num_layers: int) -> PrunerPlan:
     schedule = pyramiddrop_schedule(num_layers, config.layers, config.ratios, config.reference_layers, keep=config.keep)
-    return PrunerPlan(schedule, score="pyramiddrop", mode=config.prune_mode, options={"positions": config.positions})
+    return PrunerPlan(schedule, score="pyramiddrop", mode=config.prune_mode, options={"positions": pruner_positions(config.renumber)})
 
 
 @register("pyramiddrop", config=PyramidDropConfig, pruner=_pyramiddrop_pruner, reduces=False,

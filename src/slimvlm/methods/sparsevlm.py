@@ -36,7 +36,7 @@ from .aim import PruneMode, check_prune_mode
 from .base import Reduction
 from .budget import MethodConfig, check_budget
 from .none import keep_all
-from .pyramiddrop import Positions, check_positions
+from .pyramiddrop import check_renumber, pruner_positions
 from .registry import PrunerPlan, register
 
 __all__ = ["SparseVLMConfig", "sparsevlm"]
@@ -56,8 +56,8 @@ class SparseVLMConfig(MethodConfig):
             and rounded: 4 layers → 0, 1, 2).
         reference_layers: the depth ``layers`` are given for (32).
         recycle: whether pruned tokens are recycled into merged tokens (official: yes).
-        positions: ``"auto"`` (the official renumbering on 1-D RoPE; M-RoPE keeps the original positions),
-            ``"renumber"`` or ``"original"``.
+        renumber: whether the kept tokens are renumbered after each stage (the official v1.5 code); None: yes on
+            1-D RoPE, no on M-RoPE (Qwen2-VL, Qwen2.5-VL keep their (t, h, w) positions).
         prune_mode: ``"remove"`` (real speed-up) or ``"mask"`` (full-length reference).
     """
 
@@ -66,12 +66,12 @@ class SparseVLMConfig(MethodConfig):
     layers: tuple[int, ...] = (2, 6, 15)
     reference_layers: int = 32
     recycle: bool = True
-    positions: Positions = "auto"
+    renumber: bool | None = None
     prune_mode: PruneMode = "remove"
 
     def __post_init__(self) -> None:
         check_prune_mode(self.name, self.prune_mode)
-        check_positions(self.name, self.positions)
+        check_renumber(self.name, self.renumber)
         check_budget(self.keep, None, self.name)
         if self.keep is not None and self.stage_counts is not None:
             raise ValueError(f"{self.name}: give keep or stage_counts, not both")
@@ -90,7 +90,7 @@ def _sparsevlm_pruner(config: SparseVLMConfig, num_layers: int) -> PrunerPlan:
         num_layers, DEFAULT_KEEP if config.keep is None else config.keep, config.layers, config.reference_layers,
         stage_counts=config.stage_counts, recycle=Recycle() if config.recycle else None,
     )
-    return PrunerPlan(schedule, score="sparsevlm", mode=config.prune_mode, options={"positions": config.positions})
+    return PrunerPlan(schedule, score="sparsevlm", mode=config.prune_mode, options={"positions": pruner_positions(config.renumber)})
 
 
 @register("sparsevlm", config=SparseVLMConfig, pruner=_sparsevlm_pruner, reduces=False,
