@@ -158,7 +158,8 @@ def test_default_runs_grid():
     assert all(r.options["keep"] == r.budget for r in runs if r.budget is not None)
     fastv = [r for r in runs if r.method == "fastv"]
     assert [r.options for r in fastv] == [{"k": 1, "keep": b} for b in ev.BUDGETS]  # IN_LLM_OPTIONS: after layer 0
-    assert all("k" not in r.options for r in runs if r.method != "fastv")  # only methods that take it
+    assert all("k" not in r.options for r in runs if "k" not in slimvlm.methods.get(r.method).options)  # only those taking it
+    assert any("k" in r.options for r in runs if r.method != "fastv")  # e.g. DART's layer K
     assert len(ev.default_runs((64,), methods=["spatial"], adaptive=False)) == 1
     with pytest.raises(ValueError, match="unknown method"):
         ev.default_runs(methods=["bogus"])

@@ -22,6 +22,9 @@ from .sequential import SequentialConfig, sequential
 from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
+from .pyramiddrop import PyramidDropConfig, pyramiddrop
+from .dart import DARTConfig, dart
+from .sparsevlm import SparseVLMConfig, sparsevlm
 from .dycoke import DyCokeConfig, dycoke
 from .fastvid import FastVIDConfig, fastvid
 from .holitom import HoliTomConfig, holitom
@@ -45,6 +48,9 @@ __all__ = [
     "spatial", "SpatialConfig",
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
+    "pyramiddrop", "PyramidDropConfig",
+    "dart", "DARTConfig",
+    "sparsevlm", "SparseVLMConfig",
     "dycoke", "DyCokeConfig",
     "fastvid", "FastVIDConfig",
     "holitom", "HoliTomConfig",

@@ -70,8 +70,9 @@ class SignalRequest:
 @dataclass(frozen=True)
 class PrunerPlan:
     """What an in-LLM method asks of :class:`slimvlm.inllm.InLLMPruner`: the per-layer schedule of kept visual
-    tokens, the score that ranks them (``"pagerank"`` or ``"fastv"``), ``"remove"`` or ``"mask"``, and the score's
-    options (e.g. PageRank's ``tau`` / ``iters``)."""
+    tokens, the rule that chooses them (a key of :data:`slimvlm.inllm.scores.RULES`), ``"remove"`` or ``"mask"``,
+    and the pruner's other keyword options (``positions``, the rule's options such as PageRank's ``tau`` /
+    ``iters``)."""
 
     schedule: Any  # slimvlm.inllm.schedules.Schedule
     score: str
