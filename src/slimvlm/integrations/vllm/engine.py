@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .support import check_family, check_method
 
-__all__ = ["Engine", "ImageReducer", "Request", "load_image", "split_engine_kwargs"]
+__all__ = ["Engine", "ImageReducer", "Request", "load_image", "split_engine_kwargs", "bridge_engine_args", "vllm_prompt"]
 
 #: vLLM settings the bridge depends on; a caller cannot change them.
 _RESERVED = ("enable_mm_embeds", "limit_mm_per_prompt")
@@ -63,11 +63,13 @@ def load_image(image: Any) -> Any:
         source = io.BytesIO(image)
     else:
         return image
+    what = image if isinstance(image, (str, Path)) else f"{len(image)} bytes"
     try:
         with Image.open(source) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        what = image if isinstance(image, (str, Path)) else f"{len(image)} bytes"
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot decode image ({what}): not an image format PIL reads") from None
+    except OSError as err:
         raise ValueError(f"cannot decode image ({what}): {err}") from None
 
 
@@ -105,7 +107,7 @@ class ImageReducer:
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-        self.model_class = (getattr(config, "architectures", None) or ["(no architectures in config.json)"])[0]
+        self.model_class = model_class_name(config)
         self.vllm_arch = check_family(self.model_class)
         self.method, self.options = method, dict(options or {})
         check_method(method, self.options)
@@ -199,32 +201,19 @@ class Engine:
     (:mod:`~slimvlm.integrations.vllm.support`).
 
     After :meth:`generate`: ``last_stats`` (per request, slimvlm's per-image stats) and ``last_timing``
-    (seconds in the torch tower + reducer and in vLLM).
+    (seconds in the torch tower + reducer and in vLLM). With vLLM's in-process engine core
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) :meth:`close` tears down vLLM's process-global parallel state: close an
+    engine before starting another one in the same process.
     """
 
     def __init__(self, model: str, method: str = "none", *, vllm_args: Mapping[str, Any] | None = None,
                  encode_batch_size: int = 8, **kwargs: Any):
-        import transformers
         from vllm import LLM
 
         options, engine_args = split_engine_kwargs(method, kwargs)
         engine_args.update(vllm_args or {})
-        reserved = sorted(set(engine_args) & set(_RESERVED))
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)} are set by the slimvlm engine; do not pass them")
-        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=engine_args.get("trust_remote_code", False))
-        arch = check_family((getattr(config, "architectures", None) or ["(none)"])[0])
-        check_method(method, options)
         self.method, self.options = method, options
-        overrides = dict(engine_args.pop("hf_overrides", None) or {})
-        overrides["architectures"] = [arch]
-        self.llm = LLM(
-            model=model,
-            enable_mm_embeds=True,
-            limit_mm_per_prompt=_zero_limits(config),
-            hf_overrides=overrides,
-            **engine_args,
-        )
+        self.llm = LLM(**bridge_engine_args(model, method, options, engine_args))
         dtype = self.llm.llm_engine.model_config.dtype
         self.reducer = ImageReducer(
             model, method, options, dtype=dtype, batch_size=encode_batch_size,
@@ -264,6 +253,37 @@ class Engine:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def bridge_engine_args(model: str, method: str, options: Mapping[str, Any], engine_args: Mapping[str, Any]) -> dict[str, Any]:
+    """Check that vLLM can serve ``model`` with ``method`` (cheap: config.json only) and return the vLLM engine
+    args with the bridge's settings: precomputed embeddings on, no vLLM encoder, the ``Slimvlm*`` architecture."""
+    import transformers
+
+    reserved = sorted(set(engine_args) & set(_RESERVED))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} are set by the slimvlm engine; do not pass them")
+    config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=engine_args.get("trust_remote_code", False))
+    arch = check_family(model_class_name(config))
+    check_method(method, dict(options))
+    args = dict(engine_args)
+    overrides = dict(args.pop("hf_overrides", None) or {})
+    overrides["architectures"] = [arch]
+    return dict(model=model, enable_mm_embeds=True, limit_mm_per_prompt=_zero_limits(config), hf_overrides=overrides, **args)
+
+
+def model_class_name(config: Any) -> str:
+    """The transformers class of a checkpoint: ``architectures[0]`` of its config, else the image-text-to-text
+    class its config type maps to."""
+    archs = getattr(config, "architectures", None)
+    if archs:
+        return archs[0]
+    from transformers import AutoModelForImageTextToText
+
+    try:
+        return AutoModelForImageTextToText._model_mapping[type(config)].__name__
+    except KeyError:
+        return f"(a {type(config).__name__} checkpoint without architectures)"
 
 
 def vllm_prompt(request: Request, tokens: list[Tensor]) -> dict[str, Any]:

@@ -92,8 +92,10 @@ def servable_methods() -> list[str]:
 
 def check_method(method: str, options: dict | None = None) -> None:
     """Refuse, with one clear line, a method vLLM cannot run or options the method does not take."""
-    from ...methods import make_config
+    from ...methods import available, make_config
 
+    if method not in available():
+        raise ValueError(f"unknown method {method!r}; methods vLLM can serve: {', '.join(servable_methods())}")
     if _prunes_inside_llm(method):
         raise ValueError(
             f"{method} prunes visual tokens inside the language model (between decoder layers); vLLM runs its own "
