@@ -103,7 +103,8 @@ class ImageReducer:
     """
 
     def __init__(self, model: str, method: str = "none", options: Mapping[str, Any] | None = None, *,
-                 dtype: torch.dtype = torch.float32, batch_size: int = 8, trust_remote_code: bool = False):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None, batch_size: int = 8,
+                 trust_remote_code: bool = False):
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -123,7 +124,9 @@ class ImageReducer:
         vlm = getattr(transformers, self.model_class).from_pretrained(model, dtype=dtype)
         vlm.model.language_model = None  # vLLM runs the LM: keep only the tower, projector (and image_newline)
         vlm.lm_head = None
-        self.vlm = vlm.eval()
+        #: where the tower runs (default: the first GPU if there is one); tokens go to vLLM on the CPU.
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.vlm = vlm.to(self.device).eval()
         self.hidden_size = int(config.text_config.hidden_size)
 
     def resolve(self, request: Request) -> tuple[str, dict[str, Any]]:
@@ -173,11 +176,11 @@ class ImageReducer:
                     images=[images[i] for i in chunk],
                     return_tensors="pt",
                     padding=True,
-                )
+                ).to(self.device)
                 prepared = prepare(self.vlm, inputs, method, **options)
-                pooled = prepared.kwargs["mm_encoder_outputs"]["image"].pooler_output
-                flat = torch.cat([t.reshape(-1, self.hidden_size) for t in pooled]) if isinstance(pooled, (list, tuple)) \
-                    else pooled.reshape(-1, self.hidden_size)
+                pooled = prepared.kwargs["mm_encoder_outputs"]["image"].pooler_output  # a list or one tensor
+                parts = pooled if isinstance(pooled, (list, tuple)) else [pooled]
+                flat = torch.cat([t.reshape(-1, self.hidden_size) for t in parts]).cpu()
                 tokens = flat.split([s.tokens_after for s in prepared.stats])
                 for t, s in zip(tokens, prepared.stats):
                     if t.shape[0] == 0:
@@ -190,13 +193,15 @@ class ImageReducer:
 class Engine:
     """A vLLM ``LLM`` whose images are reduced by slimvlm first.
 
-    >>> engine = Engine("llava-hf/llava-1.5-7b-hf", "prumerge+", keep=144, max_model_len=4096)
+    >>> engine = Engine("llava-hf/llava-1.5-7b-hf", "prumerge+", keep=143, max_model_len=4096)  # 143 + 1 summary token
     >>> outs = engine.generate([Request("USER: <image>\\nWhat is shown? ASSISTANT:", [image])],
     ...                        SamplingParams(temperature=0, max_tokens=64))
 
     ``kwargs`` are the method's options (``keep=``, ``ratio=``, ...; see ``slimvlm methods``) and vLLM engine args
     (``dtype=``, ``max_model_len=``, ``tensor_parallel_size=``, ...); ``vllm_args`` gives vLLM args explicitly
     (for a name both take, e.g. ``seed``). ``enable_mm_embeds`` and ``limit_mm_per_prompt`` are set by the engine.
+    ``tower_device``: where the tower + reducer run (default: the first GPU if there is one, else the CPU);
+    ``encode_batch_size``: requests per tower batch.
     In-LLM methods (AIM pruning, FastV) and families vLLM cannot feed reduced tokens to are refused
     (:mod:`~slimvlm.integrations.vllm.support`).
 
@@ -207,7 +212,7 @@ class Engine:
     """
 
     def __init__(self, model: str, method: str = "none", *, vllm_args: Mapping[str, Any] | None = None,
-                 encode_batch_size: int = 8, **kwargs: Any):
+                 tower_device: str | None = None, encode_batch_size: int = 8, **kwargs: Any):
         from vllm import LLM
 
         options, engine_args = split_engine_kwargs(method, kwargs)
@@ -216,7 +221,7 @@ class Engine:
         self.llm = LLM(**bridge_engine_args(model, method, options, engine_args))
         dtype = self.llm.llm_engine.model_config.dtype
         self.reducer = ImageReducer(
-            model, method, options, dtype=dtype, batch_size=encode_batch_size,
+            model, method, options, dtype=dtype, device=tower_device, batch_size=encode_batch_size,
             trust_remote_code=engine_args.get("trust_remote_code", False),
         )
         self.last_stats: list[list[Any]] = []

@@ -78,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", type=int, help="vLLM tensor parallel size")
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without graph capture / compilation")
     p.add_argument("--vllm", action="append", default=[], metavar="KEY=VALUE", help="any vllm.EngineArgs field (repeatable)")
+    p.add_argument("--tower-device", help="where the vision tower + reducer run (default: cuda if available, else cpu)")
 
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace, options: Mapping[str, Any]) -> int:
 
     import uvicorn
 
-    engine = ServingEngine(args.model, args.method, options, engine_args, chat_template=chat_template)
+    engine = ServingEngine(args.model, args.method, options, engine_args, chat_template=chat_template,
+                           tower_device=args.tower_device)
     app = create_app(engine, args.served_model_name or args.model, media)
     print(f"slimvlm serve: {args.model} with {args.method} {dict(options) or ''} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -126,7 +128,7 @@ class ServingEngine:
     The torch side runs one request at a time in a worker thread; vLLM batches the language-model work."""
 
     def __init__(self, model: str, method: str, options: Mapping[str, Any], engine_args: Mapping[str, Any], *,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, tower_device: str | None = None):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -136,7 +138,7 @@ class ServingEngine:
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         self.max_model_len = int(self.llm.model_config.max_model_len)
         self.reducer = ImageReducer(
-            model, method, options, dtype=self.llm.model_config.dtype,
+            model, method, options, dtype=self.llm.model_config.dtype, device=tower_device,
             trust_remote_code=bool(engine_args.get("trust_remote_code", False)),
         )
         processor = self.reducer.processor
@@ -371,13 +373,16 @@ async def _stream(first: Any, results: Any, request_id: str, created: int, model
 
     yield chunk({"role": "assistant", "content": ""}, slimvlm=info)
     prompt_tokens, completion_tokens, output = 0, 0, first
-    while output is not None:
-        o = output.outputs[0]
-        prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
-        completion_tokens += len(o.token_ids)
-        if o.text or o.finish_reason:
-            yield chunk({"content": o.text} if o.text else {}, o.finish_reason)
-        output = await anext(results, None)
+    try:
+        while output is not None:
+            o = output.outputs[0]
+            prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
+            completion_tokens += len(o.token_ids)
+            if o.text or o.finish_reason:
+                yield chunk({"content": o.text} if o.text else {}, o.finish_reason)
+            output = await anext(results, None)
+    finally:  # a client that goes away: vLLM aborts the request when its generator is closed
+        await results.aclose()
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
