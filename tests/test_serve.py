@@ -90,7 +90,7 @@ class TestEngine:
         ]
         outputs = engine.generate(requests, GREEDY)
         counts = [[s.tokens_after for s in stats] for stats in engine.last_stats]
-        assert counts[0] == [5] and counts[1] == [13] and counts[3] == [36]  # PruMerge+ adds its summary token
+        assert counts[0] == [4] and counts[1] == [12] and counts[3] == [36]  # keep counts every token entering the LLM
         assert len({c for cs in counts for c in cs}) >= 4, counts  # several kept counts share the engine step
         assert all(s.tokens_before == 64 for stats in engine.last_stats for s in stats)
         for out, (ref_tokens, ref_len), c in zip(outputs, reference(llava_dir, requests, "prumerge+", {}), counts):
@@ -235,7 +235,7 @@ def test_http_request_with_an_image_is_answered_like_transformers(server, llava_
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion"
-    assert body["slimvlm"] == {"method": "prumerge+", "images": [{"tokens_before": 64, "tokens_after": 11}]}
+    assert body["slimvlm"] == {"method": "prumerge+", "images": [{"tokens_before": 64, "tokens_after": 10}]}
     # the same request on transformers: the chat template's prompt, PruMerge+ keep=10, greedy
     processor = transformers.AutoProcessor.from_pretrained(llava_dir)
     prompt = "USER: <image>\nWhat is in the image? ASSISTANT:"

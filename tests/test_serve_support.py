@@ -27,7 +27,7 @@ def test_every_supported_family_has_a_serving_verdict():
 
 
 def test_in_llm_methods_are_refused_and_the_rest_are_servable():
-    in_llm = [m for m in available() if get(m).stage == "in_llm"]
+    in_llm = [m for m in available() if get(m).prunes_in_llm]
     assert in_llm and set(servable_methods()) == set(available()) - set(in_llm)
     for method in in_llm:
         with pytest.raises(ValueError, match="inside the language model.*vLLM .*cannot run it"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -81,7 +81,7 @@ def split_engine_kwargs(method: str, kwargs: Mapping[str, Any]) -> tuple[dict[st
 
     from ...methods import get
 
-    method_fields = {f.name for f in dataclasses.fields(get(method).config)}
+    method_fields = set(get(method).options)
     vllm_fields = {f.name for f in dataclasses.fields(EngineArgs)}
     options = {k: v for k, v in kwargs.items() if k in method_fields}
     vllm_args = {k: v for k, v in kwargs.items() if k not in method_fields and k in vllm_fields}
@@ -193,7 +193,7 @@ class ImageReducer:
 class Engine:
     """A vLLM ``LLM`` whose images are reduced by slimvlm first.
 
-    >>> engine = Engine("llava-hf/llava-1.5-7b-hf", "prumerge+", keep=143, max_model_len=4096)  # 143 + 1 summary token
+    >>> engine = Engine("llava-hf/llava-1.5-7b-hf", "prumerge+", keep=144, max_model_len=4096)
     >>> outs = engine.generate([Request("USER: <image>\\nWhat is shown? ASSISTANT:", [image])],
     ...                        SamplingParams(temperature=0, max_tokens=64))
 

@@ -108,6 +108,8 @@ def run(args: argparse.Namespace, options: Mapping[str, Any]) -> int:
     media = Path(args.allowed_local_media_path).resolve() if args.allowed_local_media_path else None
     if media is not None and not media.is_dir():
         raise ValueError(f"--allowed-local-media-path: no such directory: {args.allowed_local_media_path}")
+    if args.chat_template and not Path(args.chat_template).is_file():
+        raise ValueError(f"--chat-template: no such file: {args.chat_template}")
     chat_template = Path(args.chat_template).read_text() if args.chat_template else None
 
     import uvicorn
@@ -136,7 +138,6 @@ class ServingEngine:
 
         args = bridge_engine_args(model, method, options, engine_args)
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
-        self.max_model_len = int(self.llm.model_config.max_model_len)
         self.reducer = ImageReducer(
             model, method, options, dtype=self.llm.model_config.dtype, device=tower_device,
             trust_remote_code=bool(engine_args.get("trust_remote_code", False)),
@@ -150,7 +151,12 @@ class ServingEngine:
 
     def render(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for chat ``messages`` in the processor's format (image parts as ``{"type": "image"}``)."""
-        return self.reducer.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        from jinja2 import TemplateError
+
+        try:
+            return self.reducer.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as err:  # e.g. a role the model's template refuses
+            raise BadRequest(f"the model's chat template refused these messages: {err}") from None
 
     def _reduce(self, request: Any) -> tuple[list[Any], list[Any]]:
         with self._lock:

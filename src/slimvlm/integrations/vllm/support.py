@@ -80,7 +80,7 @@ def _prunes_inside_llm(method: str) -> bool:
     properties (an unknown name raises the registry's ValueError listing the known ones)."""
     from ...methods import get
 
-    return get(method).stage == "in_llm"
+    return get(method).prunes_in_llm
 
 
 def servable_methods() -> list[str]:
