@@ -475,6 +475,18 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``slimvlm serve``: the vLLM bridge's OpenAI-compatible server (slimvlm.integrations.vllm.server)."""
+    from .integrations.vllm import server  # vLLM itself is imported only once the server starts
+
+    try:
+        return server.run(args, method_options(args))
+    except ImportError as err:
+        raise CLIError(f'slimvlm serve needs vLLM: pip install "slimvlm[serve]" ({err})') from None
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def _add_budget_args(p: argparse.ArgumentParser, keep_help: str | None = None) -> None:
     p.add_argument("--keep", type=int, help=keep_help or "keep this many visual tokens per image / frame: what the language "
                    "model gets, every token counted (PruMerge's summary token too; --mode faithful follows the official "
@@ -641,6 +653,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_positions_arg(p, demo=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    from .integrations.vllm.server import DESCRIPTION as _SERVE_DESCRIPTION, EPILOG as _SERVE_EPILOG, add_arguments
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server: images reduced by a method, the LLM served by vLLM",
+                       description=_SERVE_DESCRIPTION, epilog=_SERVE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    _add_budget_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -5,7 +5,9 @@ nothing heavy: each bridge lives in its own module and imports its tool itself.
   ``lmms_eval.models`` entry point, see :func:`lmms_eval_manifest`);
 - :mod:`slimvlm.integrations.demo_task`: the offline lmms-eval tasks on the demo VLM's test scenes
   (task YAMLs in ``lmms_eval_tasks/``; ``python -m slimvlm.integrations.lmms_eval_tasks`` prints the folder
-  to pass as ``--include_path``).
+  to pass as ``--include_path``);
+- :mod:`slimvlm.integrations.vllm`: slimvlm's reducers in front of vLLM (``Engine``, ``slimvlm serve``, and the
+  ``vllm.general_plugins`` entry point; needs ``slimvlm[serve]``).
 """
 
 __all__ = ["lmms_eval_manifest"]
