@@ -110,13 +110,16 @@ class Video:
         return len(self.indices)
 
 
-def sample_indices(total: int, num_frames: int | None, fps: float | None = None, source_fps: float | None = None) -> list[int]:
+def sample_indices(
+    total: int, num_frames: int | None, fps: float | None = None, source_fps: float | None = None
+) -> list[int]:
     """The frame numbers to keep from a clip of ``total`` frames.
 
     Uniform (``fps=None``): ``num_frames`` numbers spread evenly over the whole clip, first and last frame
-    included: ``round(linspace(0, total - 1, num_frames))`` (LLaVA-NeXT-Video's sampling,
-    ``np.linspace(0, total - 1, n, dtype=int)`` in its model card, rounded here instead of floored); all frames
-    when the clip is shorter than ``num_frames``. Fixed rate (``fps``): one frame every ``1 / fps`` seconds from
+    included: ``round(linspace(0, total - 1, num_frames))`` (the LLaVA-NeXT video demo's sampling,
+    ``np.linspace(0, total_frame_num - 1, n, dtype=int)`` in LLaVA-VL/LLaVA-NeXT@02a706c
+    ``playground/demo/video_demo.py``, rounded here instead of floored); all frames when the clip is shorter than
+    ``num_frames``. Fixed rate (``fps``): one frame every ``1 / fps`` seconds from
     the start, frame ``round(k · source_fps / fps)``, at most ``num_frames`` of them (None: to the end)."""
     if total < 1:
         return []

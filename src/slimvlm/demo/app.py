@@ -19,7 +19,10 @@ from . import scenes
 from .evaluate import tokens_per_layer
 from .model import DEMO_POSITIONS, IMAGE_SIZE, N_IMAGE_TOKENS, load_demo_model, make_inputs, scene_inputs
 
-__all__ = ["WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "IMAGE_QUESTIONS", "load_shipped", "label_of", "reductions_of", "run_demo"]
+__all__ = [
+    "WEIGHTS_DIR", "DEMO_SEED", "DEMO_METHODS", "IMAGE_QUESTIONS", "load_shipped", "label_of", "as_demo_image",
+    "reductions_of", "run_demo",
+]
 
 #: the shipped, trained weights (projector + LM + tokenizer; see weights/training.json for how they were made).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -122,7 +125,7 @@ def run_demo(
         for q in questions:
             check_question(q)
     if image is not None:
-        picture = _as_scene_image(image)
+        picture = as_demo_image(image)
         title = "your image"
         qs, truth = list(questions or IMAGE_QUESTIONS), None
     else:
@@ -204,7 +207,7 @@ def run_demo(
     return {"answers": answers, "questions": qs, "truth": truth, "rows": rows, "overlay": path}
 
 
-def _as_scene_image(image: Any):
+def as_demo_image(image: Any):
     """A user's picture as the demo draws and encodes it: ``(336, 336, 3)`` uint8, bicubic."""
     import numpy as np
     from PIL import Image
