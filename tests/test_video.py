@@ -125,6 +125,12 @@ def test_run_video_prints_kept_tokens_per_frame(clip, capsys):
     assert "video 65 -> 17; per frame (of 16): 4 4 4 4" in out and "4 frames are resized" in out
 
 
+def test_run_video_on_qwen_counts_per_temporal_patch(clip, capsys):
+    assert main(["run", "--model", "tiny:qwen2-vl", "--video", str(clip), "--frames", "6", "--prompt", "hi",
+                 "-m", "spatial", "--keep", "4", "--max-new-tokens", "1"]) == 0
+    assert "video 48 -> 12; per 2 frames (of 16): 4 4 4" in capsys.readouterr().out
+
+
 def test_run_video_on_qwen_needs_an_even_frame_count(clip, capsys):
     assert main(["run", "--model", "tiny:qwen2-vl", "--video", str(clip), "--frames", "3", "--prompt", "hi",
                  "-m", "none", "--max-new-tokens", "1"]) == 2

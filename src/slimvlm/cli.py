@@ -221,6 +221,7 @@ class _Loaded:
     decode: Any
     note: str | None = None
     positions: str | None = None
+    frames: int | None = None  # frames of the --video
 
 
 def _model_kind(spec: str) -> str:
@@ -306,7 +307,9 @@ def _model_and_inputs(args: argparse.Namespace) -> _Loaded:
     images = [_load_image(p) for p in args.image]
     video = _load_video(args) if video_path is not None else None
     if kind == "tiny":
-        return _tiny(args, images, video)
+        loaded = _tiny(args, images, video)
+        loaded.frames = None if video is None else len(video)
+        return loaded
     if kind == "demo":
         return _demo_run(args, images[0])
     _pretrained_class(args.model, video is not None)
@@ -326,7 +329,7 @@ def _model_and_inputs(args: argparse.Namespace) -> _Loaded:
         inputs = processor(text=args.prompt, return_tensors="pt", **media)
     except ImportError as err:  # transformers' video processors need torchvision
         raise CLIError(f"{args.model}'s processor cannot run here: {str(err).splitlines()[0]}") from None
-    return _Loaded(model.eval(), inputs, processor.decode)
+    return _Loaded(model.eval(), inputs, processor.decode, frames=None if video is None else len(video))
 
 
 def _tiny(args: argparse.Namespace, images: list, video: Any) -> _Loaded:
@@ -359,10 +362,15 @@ def _demo_run(args: argparse.Namespace, image: Any) -> _Loaded:
     return _Loaded(model, inputs, tok.decode, note, DEMO_POSITIONS)
 
 
-def _describe(stat: Any) -> str:
+def _describe(stat: Any, n_frames: int | None) -> str:
+    """``video 129 -> 79; per frame (of 16): 9 9 11 ...``; an entry spans several frames where the tower groups
+    them in time (Qwen's temporal patches: ``per 2 frames``)."""
     frames = ""
-    if len(stat.frame_tokens) > 1:
-        frames = f"; per frame (of {stat.frame_size}): {' '.join(map(str, stat.frame_tokens))}"
+    groups = len(stat.frame_tokens)
+    if groups > 1:
+        step = n_frames // groups if stat.modality == "video" and n_frames and n_frames % groups == 0 else 1
+        unit = "frame" if step == 1 else f"{step} frames"
+        frames = f"; per {unit} (of {stat.frame_size}): {' '.join(map(str, stat.frame_tokens))}"
     return f"{stat.modality} {stat.tokens_before} -> {stat.tokens_after}{frames}"
 
 
@@ -402,7 +410,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "frame_tokens": [list(s.frame_tokens) for s in stats],  # kept per frame, of frame_size each
             "frame_size": [s.frame_size for s in stats],
         })
-        described.append([_describe(s) for s in stats])
+        described.append([_describe(s, loaded.frames) for s in stats])
     if args.json:
         print(json.dumps({"model": args.model, "note": loaded.note, "results": results}, indent=2))
         return 0

@@ -47,8 +47,9 @@ _INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids
 @dataclass(frozen=True)
 class ItemStats:
     """One image or video of a batch: its batch row, modality, visual tokens before / after, and the method and
-    options (budget) that reduced it. ``frame_tokens``: per frame (one entry for an image), the tokens the method
-    kept of that frame's ``frame_size`` (protected tokens, such as a video's closing newline, counted in neither)."""
+    options (budget) that reduced it. ``frame_tokens``: per frame (one entry for an image; for Qwen's videos one
+    per temporal patch of 2 frames), the tokens the method kept of that frame's ``frame_size`` (protected tokens,
+    such as a video's closing newline, counted in neither)."""
 
     row: int
     modality: str
