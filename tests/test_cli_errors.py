@@ -60,11 +60,12 @@ ROWS = [
     ("run-not-an-image", RUN + ["--image", "NOTIMG"], r"notes\.jpg is not an image PIL can read", EARLY),
     # 10. outputs that cannot be written, refused before the work
     ("viz-out-unwritable", VIZ + ["--out", "/sys/slimvlm_test.png"], r"--out /sys/slimvlm_test\.png: cannot write there", EARLY),
-    ("viz-out-folder-is-a-file", VIZ + ["--out", "AFILE/sub/v.png"], r"--out .*a_file/sub/v\.png: cannot create the folder", EARLY),
+    ("viz-out-folder-cannot-be-made", VIZ + ["--out", "/proc/self/slimvlm/v.png"], r"cannot create the folder /proc/self/slimvlm", EARLY),
+    ("viz-out-folder-is-a-file", VIZ + ["--out", "AFILE/sub/v.png"], r"--out .*a_file/sub/v\.png: .*a_file is a file, not a folder", EARLY),
     ("demo-out-unwritable", ["demo", "--out", "/sys/slimvlm_test.png"], r"--out /sys/slimvlm_test\.png: cannot write there", EARLY),
     ("eval-out-unwritable", ["eval", "--out", "/sys/slimvlm_eval"], r"--out /sys/slimvlm_eval\.csv: cannot write there", EARLY),
     ("bench-out-unwritable", BENCH + ["--out", "/sys/slimvlm_test.csv"], r"--out /sys/slimvlm_test\.csv: cannot write there", EARLY),
-    ("bench-plot-folder-is-a-file", BENCH + ["--plot", "AFILE/p.png"], r"--plot .*a_file/p\.png: cannot create the folder", EARLY),
+    ("bench-plot-folder-is-a-file", BENCH + ["--plot", "AFILE/p.png"], r"--plot .*a_file/p\.png: .*a_file is a file, not a folder", EARLY),
     ("bench-out-suffix", BENCH + ["--out", "DIR/rows.txt"], r"--out .*rows\.txt: the file name must end in \.csv or \.json", EARLY),
     # 7. --plot writes a PNG: a name without .png is refused, not silently renamed
     ("bench-plot-suffix", BENCH + ["--plot", "DIR/benchplot"], r"--plot .*benchplot: the file name must end in \.png", EARLY),

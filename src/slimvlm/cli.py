@@ -131,6 +131,9 @@ def _check_out(path: str, flag: str, suffixes: Sequence[str] = ()) -> Path:
         raise CLIError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
     if out.is_dir():
         raise CLIError(f"{flag} {path} is a folder; give a file name")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CLIError(f"{flag} {path}: {blocker} is a file, not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
