@@ -192,6 +192,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 "signals": None if info.signals is None else {"score_layer": info.signals.score_layer, "style": info.signals.style},
                 "needs": list(info.needs),
                 "adaptive": info.adaptive,
+                "temporal": info.temporal,
                 "summary": info.summary,
                 "options": {k: v for k, v in info.defaults().items()},
                 "reference": info.reference,
@@ -206,7 +207,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
         sig = r["signals"]
         reads = f"; reads tower layer {sig['score_layer']} ({sig['style']})" if sig else ""
-        print(f"{'':<{width}}  {r['where']}{reads}; options: {opts or '(none)'}")
+        across = "; across the frames of a video (budget per video)" if r["temporal"] else ""
+        print(f"{'':<{width}}  {r['where']}{reads}{across}; options: {opts or '(none)'}")
         print(f"{'':<{width}}  {r['reference']}")
     return 0
 

@@ -2,7 +2,7 @@
 
 ``slimvlm.apply(model, method, **options)`` wraps a stock transformers 5 VLM; its ``generate`` and ``__call__``
 take the processor's outputs like the stock model. Each image / video is encoded by the family adapter, reduced
-by the method (per frame for video), and injected through ``mm_encoder_outputs`` — the official way to pass
+by the method (per frame for video; across its frames for temporal methods, ``Method.temporal``), and injected through ``mm_encoder_outputs`` — the official way to pass
 precomputed visual features in transformers 5 — with ``input_ids`` / ``attention_mask`` (and, for Qwen,
 ``mm_token_type_ids`` and 3-D ``position_ids``) rebuilt for the shorter sequence. No transformers class is
 patched. ``positions="original"`` (1-D RoPE families) also passes ``position_ids`` in which every kept token
@@ -46,10 +46,12 @@ _INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids
 
 @dataclass(frozen=True)
 class ItemStats:
-    """One image or video of a batch: its batch row, modality, visual tokens before / after, and the method and
-    options (budget) that reduced it. ``frame_tokens``: per frame (one entry for an image; for Qwen's videos one
-    per temporal patch of 2 frames), the tokens the method kept of that frame's ``frame_size`` (protected tokens,
-    such as a video's closing newline, counted in neither)."""
+    """One image or video of a batch: its batch row, modality, visual tokens before / after (all its frames
+    together), the method and options (budget) that reduced it, and its frames (1 for an image; for Qwen's videos
+    its temporal patches of 2 frames; a temporal method's ``keep`` is per frame on average over them:
+    docs/methods.md, "Budgets"). ``frame_tokens``: per frame, the tokens the method kept in that frame's row of
+    ``frame_size`` (protected tokens, such as a video's closing newline, counted in neither; a temporal method's
+    token merged across frames counts in the row of the frame it joined)."""
 
     row: int
     modality: str
@@ -57,6 +59,7 @@ class ItemStats:
     tokens_after: int
     method: str = "none"
     options: Mapping[str, Any] = field(default_factory=dict)
+    frames: int = 1
     frame_tokens: tuple[int, ...] = ()
     frame_size: int = 0
 
@@ -79,8 +82,9 @@ def _split_frames(x: Tensor, frames: int, what: str) -> Tensor:
 
 
 def item_reduction(item: VisualItem, method: str, config: Any, use_pre: bool) -> tuple[Any, Tensor]:
-    """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows) and the
-    item positions of its unprotected tokens, which the reduction's indices refer to."""
+    """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows: one call
+    per video, so that temporal methods see its frames together) and the item positions of its unprotected
+    tokens, which the reduction's indices refer to."""
     info = get_method(method)
     n = item.num_tokens
     dev = item.tokens.device
@@ -349,13 +353,14 @@ def _prepare(
         use_pre = use_pre and all(it.pre is not None for it in items)
         placeholder = adapter.placeholder_ids()
         counts: dict[str, list[int]] = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
+        frames: dict[str, list[int]] = {m: [it.frames for it in items if it.modality == m] for m in placeholder}
         _check_counts(inputs["input_ids"], placeholder, counts)  # before anything reads positions
         reduced: dict[str, list[tuple[Tensor, Tensor]]] = {}
         per_frame: dict[str, list[tuple[tuple[int, ...], int]]] = {}
         for item in items:
-            tokens, src, frames = _reduce_item(item, method, config, adapter, use_pre)
+            tokens, src, kept = _reduce_item(item, method, config, adapter, use_pre)
             reduced.setdefault(item.modality, []).append((tokens, src))
-            per_frame.setdefault(item.modality, []).append(frames)
+            per_frame.setdefault(item.modality, []).append(kept)
         pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
     original_1d = positions == "original" and adapter.positions != "mrope"
     per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d, original_1d)
@@ -369,8 +374,9 @@ def _prepare(
     stats = []
     i = 0
     for modality in placeholder:
-        for (tokens, _), n, frames in zip(reduced.get(modality, []), counts[modality], per_frame.get(modality, [])):
-            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0], method, dict(options), *frames))
+        for (tokens, _), n, f, kept in zip(reduced.get(modality, []), counts[modality], frames[modality],
+                                           per_frame.get(modality, [])):
+            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0], method, dict(options), f, *kept))
             i += 1
     return Prepared(kwargs, stats, method, dict(options))
 

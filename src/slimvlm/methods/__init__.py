@@ -22,6 +22,13 @@ from .sequential import SequentialConfig, sequential
 from .spatial import SpatialConfig, spatial
 from .pool import PoolConfig, pool
 from .fastv import FastVConfig, fastv
+from .pyramiddrop import PyramidDropConfig, pyramiddrop
+from .dart import DARTConfig, dart
+from .sparsevlm import SparseVLMConfig, sparsevlm
+from .dycoke import DyCokeConfig, dycoke
+from .fastvid import FastVIDConfig, fastvid
+from .holitom import HoliTomConfig, holitom
+from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -41,4 +48,11 @@ __all__ = [
     "spatial", "SpatialConfig",
     "pool", "PoolConfig",
     "fastv", "FastVConfig",
+    "pyramiddrop", "PyramidDropConfig",
+    "dart", "DARTConfig",
+    "sparsevlm", "SparseVLMConfig",
+    "dycoke", "DyCokeConfig",
+    "fastvid", "FastVIDConfig",
+    "holitom", "HoliTomConfig",
+    "evs", "EVSConfig",
 ]
