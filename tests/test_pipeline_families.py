@@ -102,9 +102,11 @@ def protected_rows(model, modality: str, tokens: torch.Tensor, frames: int) -> t
 
 
 def expected_after(method: str, opts: dict, n_free_per_frame: int, frames: int, n_protected: int) -> int | None:
+    """None when adaptive, or temporal (a per-video budget split by the method's own rule, whose counts
+    tests/test_<method>.py check)."""
     if method == "none":
         return n_free_per_frame * frames + n_protected
-    if not opts:
+    if not opts or get_method(method).temporal:
         return None
     k = min(opts["keep"], n_free_per_frame)  # every token counts, PruMerge's summary token included
     return k * frames + n_protected

@@ -50,18 +50,35 @@ class PositionSpy:
 @pytest.mark.parametrize("bsz", [1, 2])
 @pytest.mark.parametrize("fam", ONE_D)
 def test_identity_with_original_positions_is_stock(fam, bsz):
+    """Bit for bit the stock forward and generate, also on a left-padded batch (B=2): nothing moved, so no
+    position_ids are passed and the stock model numbers the prompt its own way (forward: 0..L-1, pads included)."""
     model = model_of(fam)
     inputs = make_inputs(model, fam, "image", bsz)
+    if bsz == 2:
+        assert bool((inputs["attention_mask"][:, 0] == 0).any())  # a left-padded row
     slim = apply(model, "none", positions="original")
+    assert "position_ids" not in prepare(model, inputs, "none", positions="original").kwargs
     with torch.no_grad():
-        got = slim(**inputs).logits
-        stock = model(**inputs, position_ids=full_positions(inputs["attention_mask"])).logits
-    assert torch.equal(got, stock)
-    if bsz == 1:  # no padding: the stock forward's own 0..L-1 numbering
-        with torch.no_grad():
-            assert torch.equal(got, model(**inputs).logits)
+        assert torch.equal(slim(**inputs).logits, model(**inputs).logits)
     gen = dict(max_new_tokens=4, do_sample=False)
     assert torch.equal(slim.generate(**inputs, **gen), model.generate(**inputs, **gen))
+
+
+@pytest.mark.parametrize("fam", ONE_D)
+def test_original_positions_of_a_reduced_left_padded_row_shift_by_its_pads(fam):
+    """What the docs say of a reduced prompt: the generate numbering (pads not counted), which on a left-padded
+    row is the stock forward's 0..L-1 shifted by the row's pads; a method keeping every token in place passes
+    none, like the identity."""
+    model = model_of(fam)
+    inputs = make_inputs(model, fam, "image", 2)
+    kw = prepare(model, inputs, "spatial", positions="original", keep=16).kwargs
+    mask = kw["attention_mask"]
+    pos = kw["position_ids"]
+    for b in range(2):
+        real = pos[b][mask[b] == 1]
+        assert int(real[0]) == 0  # numbered from the first real token, as generate numbers the full prompt
+    n = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+    assert "position_ids" not in prepare(model, inputs, "spatial", positions="original", keep=n).kwargs
 
 
 def _masked_cases():

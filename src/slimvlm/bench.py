@@ -485,7 +485,8 @@ def plot(
     bar down to the minimum) against visual tokens, one marker set per method, beside the analytic line: the
     baseline's measured time scaled by analytic FLOPs (``time_base × FLOPs(m) / FLOPs(base)``). With ``config``
     (the model config) and the baseline's text-token count, the line is drawn for every m in
-    ``[1, baseline tokens]``; otherwise through the rows' own analytic points. Needs matplotlib."""
+    ``[1, baseline tokens]``; otherwise through the rows' own analytic points. Returns the path written (``.png``
+    added when ``path`` has no suffix). Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,6 +530,8 @@ def plot(
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
+    if not path.suffix:  # what matplotlib would append: say it in the returned path
+        path = path.with_suffix(".png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

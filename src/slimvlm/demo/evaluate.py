@@ -43,8 +43,8 @@ __all__ = [
 
 #: the fixed budgets of the comparison (the full 576 is the ``none`` row).
 BUDGETS = (144, 64, 32)
-#: options every run gets when its method takes them: the demo LM has 4 layers, so in-LLM pruning starts after the
-#: first one (FastV's paper K=2 is of 32 layers; the decision must come early to matter).
+#: options every run of a method that prunes inside the LLM gets when it takes them: the demo LM has 4 layers, so
+#: in-LLM pruning starts after the first one (FastV's paper K=2 is of 32 layers; the decision must come early).
 IN_LLM_OPTIONS: dict[str, Any] = {"k": 1}
 
 
@@ -104,25 +104,31 @@ def default_runs(
     adaptive: bool = True,
     options: Mapping[str, Any] = IN_LLM_OPTIONS,
 ) -> list[EvalRun]:
-    """Every method (default: all registered ones) at each budget (``keep=budget``); a method without a budget
-    (``none``) once, with every token; adaptive methods (PruMerge, PruMerge+) also at their own count.
+    """Every method (default: all registered ones that apply to images) at each budget (``keep=budget``); a method
+    without a budget (``none``) once, with every token; adaptive methods (PruMerge, PruMerge+) also at their own
+    count. Temporal methods (across the frames of a video) are left out of the default: the demo scenes are
+    images; asked for by name, they are refused.
 
-    ``options`` go to every run whose method takes them (default :data:`IN_LLM_OPTIONS`). FastV keeps all tokens
-    for its first K layer(s), then ``budget``; AIM merges to ``budget`` before the LLM, then prunes with its
-    default schedule."""
+    ``options`` go to every run whose method prunes inside the LLM and takes them (default :data:`IN_LLM_OPTIONS`).
+    FastV keeps all tokens for its first K layer(s), then ``budget``; AIM merges to ``budget`` before the LLM, then
+    prunes with its default schedule."""
     from ..methods import available, get
 
-    methods = available() if methods is None else list(methods)
+    asked = methods is not None
+    methods = [m for m in available() if not get(m).temporal] if methods is None else list(methods)
     unknown = [m for m in methods if m not in available()]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {available()}")
+    videos_only = [m for m in methods if get(m).temporal]
+    if asked and videos_only:
+        raise ValueError(f"{', '.join(videos_only)} reduce(s) across the frames of a video; the demo scenes are images")
     for b in budgets:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= N_IMAGE_TOKENS:
             raise ValueError(f"budgets must be ints in [1, {N_IMAGE_TOKENS}], got {b!r}")
     runs = []
     for method in methods:
         info = get(method)
-        extra = {k: v for k, v in options.items() if k in info.options}
+        extra = {k: v for k, v in options.items() if k in info.options and info.prunes_in_llm}
         if "keep" not in info.options:
             runs.append(EvalRun(method, method, extra, None))
             continue

@@ -31,6 +31,9 @@ __all__ = [
     "LM_DEFAULTS",
     "PHRASES",
     "build_tokenizer",
+    "check_question",
+    "known_words",
+    "is_demo_model",
     "demo_config",
     "build_demo_model",
     "prompt_text",
@@ -119,6 +122,44 @@ def build_tokenizer():
     return fast
 
 
+def check_question(question: str) -> list[str]:
+    """The question's words (:func:`scenes.tokenize`), or a ValueError when it is empty or uses a word the demo
+    model never saw: it knows only its scenes' question and answer words (:data:`scenes.VOCAB`), and any other
+    word would reach it as ``<unk>``. Punctuation other than "?" and "," is ignored, as the tokenizer does."""
+    if not isinstance(question, str):
+        raise ValueError(f"a question is a string, got {type(question).__name__}")
+    words = scenes.tokenize(question)
+    if not [w for w in words if w not in ("?", ",")]:
+        raise ValueError("empty question: ask about the scene, e.g. 'how many objects are there?'")
+    known = set(scenes.VOCAB)
+    unknown = [w for w in words if w not in known]
+    if unknown:
+        raise ValueError(
+            f"{question!r}: the demo model does not know {', '.join(map(repr, dict.fromkeys(unknown)))}; it was trained "
+            f"only on questions about its generated scenes and knows these words: {' '.join(known_words())}"
+        )
+    return words
+
+
+def known_words() -> list[str]:
+    """The words the demo model understands (:data:`scenes.VOCAB` without punctuation)."""
+    return [w for w in scenes.VOCAB if w not in ("?", ",")]
+
+
+def is_demo_model(path: str) -> bool:
+    """Whether ``path`` is a folder written by :func:`save_demo_model` (its weights carry ``slimvlm: demo``)."""
+    from safetensors import safe_open
+
+    weights = os.path.join(path, WEIGHTS_NAME)
+    if not (os.path.isdir(path) and os.path.isfile(weights) and os.path.isfile(os.path.join(path, CONFIG_NAME))):
+        return False
+    try:
+        with safe_open(weights, framework="pt") as f:
+            return (f.metadata() or {}).get("slimvlm") == "demo"
+    except Exception:  # not a safetensors file: not ours
+        return False
+
+
 def prompt_text(question: str) -> str:
     """``<s><image>×576 question ? answer:`` (the question is normalised with :func:`scenes.tokenize`)."""
     return BOS + IMAGE * N_IMAGE_TOKENS + " " + " ".join(scenes.tokenize(question)) + " " + ANSWER_TOKEN
@@ -198,12 +239,19 @@ def save_demo_model(model, tokenizer, out_dir: str, extra: Optional[dict] = None
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, WEIGHTS_NAME)
     save_file(trainable_state_dict(model), path, metadata={"format": "pt", "slimvlm": "demo"})
+    _as_umask_allows(path)  # safetensors writes 0600; the other files get the usual 0666 & ~umask
     model.config.to_json_file(os.path.join(out_dir, CONFIG_NAME))
     tokenizer.save_pretrained(out_dir)
     if extra is not None:
         with open(os.path.join(out_dir, TRAINING_NAME), "w") as f:
             json.dump(extra, f, indent=2, sort_keys=True)
     return path
+
+
+def _as_umask_allows(path: str) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_demo_model(path: str):

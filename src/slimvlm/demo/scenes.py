@@ -54,6 +54,7 @@ __all__ = [
     "QTYPES",
     "CORE_QTYPES",
     "SPLITS",
+    "SPLIT_SIZE",
     "VOCAB",
     "SceneObject",
     "Scene",
@@ -144,7 +145,8 @@ _SEGMENTS = {
 }
 
 SPLITS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
-_SPLIT_SIZE = 10_000_000
+#: seeds (scenes) per split
+SPLIT_SIZE = 10_000_000
 
 
 # ----------------------------------------------------------------------------------------------- data types
@@ -635,6 +637,6 @@ def split_seeds(name: str, n: int) -> range:
     """The first ``n`` seeds of split ``name``: train [0, 1e7), val [1e7, 2e7), test [2e7, 3e7) (disjoint)."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; expected one of {sorted(SPLITS)}")
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _SPLIT_SIZE:
-        raise ValueError(f"n must be an int in [0, {_SPLIT_SIZE}], got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= SPLIT_SIZE:
+        raise ValueError(f"n must be an int in [0, {SPLIT_SIZE}], got {n!r}")
     return range(SPLITS[name], SPLITS[name] + n)

@@ -1,10 +1,11 @@
-"""Visual-token pruning inside the language model (AIM progressive PageRank pruning, FastV, PyramidDrop
-schedules) that really removes tokens (``mode="remove"``) or reproduces the official masking semantics
+"""Visual-token pruning inside the language model (AIM progressive PageRank pruning, FastV, PyramidDrop, DART,
+SparseVLM) that really removes tokens (``mode="remove"``) or keeps the full length with the same choices
 (``mode="mask"``), by hooks on a stock transformers 5 VLM; SDPA-compatible."""
 
-from .engine import InLLMPruner, cache_lengths, find_text_model
+from .engine import POSITIONS, InLLMPruner, cache_lengths, find_text_model
 from .schedules import (
     AIM_DEFAULTS,
+    Recycle,
     Schedule,
     aim_retain_rates,
     aim_schedule,
@@ -12,11 +13,22 @@ from .schedules import (
     make_schedule,
     per_layer_schedule,
     pyramiddrop_schedule,
+    sparsevlm_schedule,
+    sparsevlm_stage_counts,
 )
-from .scores import attention_logits, fastv_scores, pagerank_from_qk, pagerank_head_dist, pagerank_importance
+from .scores import (
+    RULES,
+    attention_logits,
+    fastv_scores,
+    pagerank_from_qk,
+    pagerank_head_dist,
+    pagerank_importance,
+)
 
 __all__ = [
     "InLLMPruner",
+    "POSITIONS",
+    "RULES",
     "cache_lengths",
     "find_text_model",
     "Schedule",
@@ -25,6 +37,9 @@ __all__ = [
     "aim_schedule",
     "fastv_schedule",
     "pyramiddrop_schedule",
+    "sparsevlm_schedule",
+    "sparsevlm_stage_counts",
+    "Recycle",
     "per_layer_schedule",
     "make_schedule",
     "attention_logits",

@@ -26,6 +26,13 @@ from .fastervlm import FasterVLMConfig, fastervlm
 from .vispruner import VisPrunerConfig, vispruner
 from .divprune import DivPruneConfig, divprune
 from .cdpruner import CDPrunerConfig, cdpruner
+from .pyramiddrop import PyramidDropConfig, pyramiddrop
+from .dart import DARTConfig, dart
+from .sparsevlm import SparseVLMConfig, sparsevlm
+from .dycoke import DyCokeConfig, dycoke
+from .fastvid import FastVIDConfig, fastvid
+from .holitom import HoliTomConfig, holitom
+from .evs import EVSConfig, evs
 
 #: Old name of the descriptor class.
 MethodInfo = Method
@@ -49,4 +56,11 @@ __all__ = [
     "vispruner", "VisPrunerConfig",
     "divprune", "DivPruneConfig",
     "cdpruner", "CDPrunerConfig",
+    "pyramiddrop", "PyramidDropConfig",
+    "dart", "DARTConfig",
+    "sparsevlm", "SparseVLMConfig",
+    "dycoke", "DyCokeConfig",
+    "fastvid", "FastVIDConfig",
+    "holitom", "HoliTomConfig",
+    "evs", "EVSConfig",
 ]

@@ -10,6 +10,13 @@ video). :func:`budget_count` turns it into a count with one clamping rule, ``1 <
 
 A count is the number of tokens the language model receives for that image: every output token counts,
 PruMerge's summary token included (its clean mode selects ``K - 1`` tokens and appends the summary).
+
+Temporal methods (``Method.temporal``: the batch rows are the frames of one video, and the method compares or
+merges across them) read the same options per video: ``keep=K`` / ``ratio=r`` on a video of F frames of N
+tokens is a total of ``budget_count(F·N, K·F, r)`` tokens (:meth:`BudgetConfig.video_budget`), K per frame on
+average, which the method distributes over the frames by its own rule (floors such as EVS's whole first frame
+are the method's and are documented there). On one frame (an image) this is the per-image rule.
+:meth:`MethodConfig.video_count` gives an item's total for either kind (None: decided by the content).
 """
 
 from __future__ import annotations
@@ -60,6 +67,12 @@ class MethodConfig:
         """Tokens an image (or frame) of ``n`` tokens keeps before the language model; None: decided per image."""
         return n
 
+    def video_count(self, n: int, frames: int) -> int | None:
+        """Tokens an item of ``frames`` frames of ``n`` tokens keeps in all: ``frames · count(n)`` for methods that
+        reduce each frame alone; temporal methods override it. None: decided by the content."""
+        count = self.count(n)
+        return None if count is None else count * frames
+
     def options(self) -> dict[str, Any]:
         """The options that differ from their defaults."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
@@ -90,3 +103,12 @@ class BudgetConfig(MethodConfig):
 
     def count(self, n: int) -> int | None:
         return budget_count(n, self.keep, self.ratio, self.default_budget)
+
+    def video_budget(self, n: int, frames: int) -> int | None:
+        """The temporal methods' budget for a video of ``frames`` frames of ``n`` tokens: ``budget_count`` over
+        the whole video with ``keep`` (and an int default) scaled by ``frames``; None for an adaptive default."""
+        default = self.default_budget
+        if isinstance(default, int) and not isinstance(default, bool):
+            default = default * frames
+        keep = None if self.keep is None else self.keep * frames
+        return budget_count(n * frames, keep, self.ratio, default)

@@ -32,9 +32,9 @@ The rules below (docs/methods.md, "PruMerge and PruMerge+"):
   * PruMerge+ stride is ``max(1, (N // m) // 3)`` and the range runs to N (the last patch can be sampled);
   * fixed budgets in PruMerge+ are exact: ``ceil(K/2)`` top tokens + ``K - ceil(K/2)`` samples evenly
     spread (raster order) over the remaining tokens;
-  * ``normalize_weights=True`` makes every merged token a convex combination
-    ``(a_i x_i + Σ a_j x_j) / (a_i + Σ a_j)`` (the paper's "weighted average"), and the extra token the
-    attention-weighted mean of the pruned tokens;
+  * on request only (``normalize_weights=True``; the default False keeps the official additive
+    ``x_i + Σ a_j x_j``): every merged token a convex combination ``(a_i x_i + Σ a_j x_j) / (a_i + Σ a_j)``
+    (the paper's "weighted average"), and the extra token the attention-weighted mean of the pruned tokens;
   * with nothing pruned, no extra token is appended (faithful appends a zero vector).
 
 Both modes: neighbour ties are broken by candidate order (kept tokens in output order, then pruned tokens

@@ -75,8 +75,9 @@ class SignalRequest:
 @dataclass(frozen=True)
 class PrunerPlan:
     """What an in-LLM method asks of :class:`slimvlm.inllm.InLLMPruner`: the per-layer schedule of kept visual
-    tokens, the score that ranks them (``"pagerank"`` or ``"fastv"``), ``"remove"`` or ``"mask"``, and the score's
-    options (e.g. PageRank's ``tau`` / ``iters``)."""
+    tokens, the rule that chooses them (a key of :data:`slimvlm.inllm.scores.RULES`), ``"remove"`` or ``"mask"``,
+    and the pruner's other keyword options (``positions``, the rule's options such as PageRank's ``tau`` /
+    ``iters``)."""
 
     schedule: Any  # slimvlm.inllm.schedules.Schedule
     score: str
@@ -101,6 +102,11 @@ class Method:
         adaptive: whether the default budget is the method's own per-image rule.
         reduces: whether ``function`` changes the tokens (False for the identity and for in-LLM-only methods):
             whether there is anything to draw before the language model.
+        temporal: whether the batch rows are the consecutive frames of ONE video (the method compares or merges
+            across rows: DyCoke, FastVID, HoliTom, EVS). Callers pass one video per call, never unrelated images
+            as a batch; an image is a one-frame video. Its ``keep`` / ``ratio`` budget is per video
+            (``BudgetConfig.video_budget``); each row still holds its own frame's tokens (a token merged across
+            frames sits in the row of the frame it joined and counts as dropped from its own).
         pruner: for methods that also prune inside the language model, ``pruner(config, num_layers)`` →
             :class:`PrunerPlan`; None otherwise.
         summary: one line for listings.
@@ -119,6 +125,7 @@ class Method:
     pruner: Callable[[Any, int], PrunerPlan] | None
     summary: str
     reference: str
+    temporal: bool = False
 
     @property
     def prunes_in_llm(self) -> bool:
@@ -161,10 +168,11 @@ class Method:
             )
         return self.config(**options)
 
-    def count(self, config: Any, n: int) -> int | None:
-        """Visual tokens an image (frame) of ``n`` tokens brings into the language model under ``config``; None
-        when the method decides per image (adaptive)."""
-        return config.count(n)
+    def count(self, config: Any, n: int, frames: int = 1) -> int | None:
+        """Visual tokens an image (``frames=1``) or a video of ``frames`` frames of ``n`` tokens brings into the
+        language model under ``config``, all frames together; None when the content decides (adaptive methods,
+        and temporal ones whose split depends on the video)."""
+        return config.count(n) if frames == 1 else config.video_count(n, frames)
 
     def layer_counts(self, config: Any, n_entering: int, num_layers: int) -> list[int]:
         """Visual tokens each of the ``num_layers`` LLM layers processes when ``n_entering`` enter it."""
@@ -188,6 +196,7 @@ def register(
     adaptive: bool = False,
     reduces: bool = True,
     pruner: Callable[[Any, int], PrunerPlan] | None = None,
+    temporal: bool = False,
 ) -> Callable[[Callable[..., Reduction]], Callable[..., Reduction]]:
     """Declare a method (see :class:`Method` for the fields) by decorating its tensor function.
 
@@ -230,7 +239,7 @@ def register(
         method = Method(
             name=name, function=run, config=config, applies=applies, signals=signals, needs=tuple(needs),
             accepts=accepts, adaptive=adaptive, reduces=reduces, pruner=pruner, summary=summary,
-            reference=reference,
+            reference=reference, temporal=bool(temporal),
         )
         _REGISTRY[name] = method
         return run

@@ -28,10 +28,17 @@ def supported_models() -> list[str]:
 
 
 def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter for ``model``'s class; a ValueError names the supported classes otherwise."""
+    """The adapter for ``model``'s class; a ValueError names the supported classes otherwise, or the first weight
+    left on the meta device (a model built without its weights)."""
     name = type(model).__name__
     for cls in ADAPTERS:
         if name in cls.model_classes:
+            on_meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+            if on_meta is not None:
+                raise ValueError(
+                    f"{name} has weights on the meta device (e.g. {on_meta}): they were never loaded; load the model "
+                    "with its weights (from_pretrained, or to_empty() then load_state_dict) before slimvlm.apply"
+                )
             return cls(model)
     raise ValueError(f"unsupported model class {name}; slimvlm supports: {', '.join(supported_models())}")
 

@@ -219,10 +219,20 @@ class Adapter:
         return {k: inputs[k] for k in ("vision_feature_layer", "vision_feature_select_strategy") if inputs.get(k) is not None}
 
     def check_video_pixels(self, pixel_values_videos: Any) -> None:
-        """Videos come as ``(videos, frames, 3, H, W)``."""
+        """Videos come as ``(videos, frames, 3, H, W)``, at least one frame each, frames of the tower's size (the
+        video towers take no other: no anyres tiling, no position interpolation)."""
         if not isinstance(pixel_values_videos, Tensor) or pixel_values_videos.dim() != 5:
             shape = tuple(pixel_values_videos.shape) if isinstance(pixel_values_videos, Tensor) else type(pixel_values_videos)
             raise ValueError(f"{self.name}: pixel_values_videos must have shape (videos, frames, 3, H, W), got {shape}")
+        _, frames, _, h, w = pixel_values_videos.shape
+        if frames == 0:
+            raise ValueError(f"{self.name}: pixel_values_videos holds videos of 0 frames; a video needs at least one")
+        side = getattr(self.config.vision_config, "image_size", None)
+        if side is not None and (h, w) != (side, side):
+            raise ValueError(
+                f"{self.name}: video frames {h}x{w} differ from the tower's {side}x{side}; resize them (the model's "
+                "video processor does)"
+            )
 
 
 def no_signal_message(adapter: Adapter) -> str:

@@ -157,6 +157,10 @@ class Qwen2VLAdapter(Adapter):
         for pix, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
             if inputs.get(pix) is not None and inputs.get(grid) is None:
                 raise ValueError(f"{type(self.model).__name__}: {pix} given without {grid}")
+            thw = inputs.get(grid)
+            if isinstance(thw, Tensor) and thw.numel() and bool((thw <= 0).any()):
+                what = "a video of 0 frames" if grid == "video_grid_thw" and bool((thw[:, 0] <= 0).any()) else "an empty grid"
+                raise ValueError(f"{type(self.model).__name__}: {grid} = {thw.tolist()} holds {what}; each (t, h, w) must be >= 1")
 
     # -- the tower's token order ---------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""Pieces for the slow oracles of the in-LLM methods (tests/test_dart.py, test_sparsevlm.py,
+test_pyramiddrop.py): a stock forward that records what the language model receives, and a manual language
+model driven one decoder layer at a time for ONE unpadded sample, the way the official code drives its layers.
+Nothing here knows a method; nothing here uses slimvlm.inllm."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from transformers import DynamicCache
+
+
+def capture(model, inputs):
+    """Stock forward; returns per row ``(embeds (L_b, C), visual (L_b,) bool)`` of its valid tokens and the stock
+    last-position logits ``(B, V)``."""
+    lm = model.model.language_model
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach()
+
+    h = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -1]
+    finally:
+        h.remove()
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    rows = []
+    for b in range(ids.shape[0]):
+        rows.append((seen["embeds"][b][mask[b]], ids[b][mask[b]] == model.config.image_token_id))
+    return rows, logits
+
+
+class ManualLM:
+    """The language model of ``model`` for one sample, layer by layer, with its own KV cache."""
+
+    def __init__(self, model):
+        self.lm = model.model.language_model
+        self.head = model.lm_head
+        self.layers = list(self.lm.layers)
+        self.cache = DynamicCache(config=self.lm.config)
+        params = inspect.signature(self.layers[0].forward).parameters
+        self.cache_key = "cache" if "cache" in params else "past_key_values"
+
+    def rope(self, h, positions):
+        """``(cos, sin)`` for ``positions`` (a list or 1-D tensor)."""
+        pos = torch.as_tensor(positions, dtype=torch.long)[None]
+        return self.lm.rotary_emb(h, position_ids=pos)
+
+    def layer(self, i, h, positions):
+        """Run decoder layer ``i`` on ``h`` (1, N, C) at ``positions``, causal, appending to the cache."""
+        kw = {self.cache_key: self.cache, "use_cache": True}
+        pos = torch.as_tensor(positions, dtype=torch.long)[None]
+        out = self.layers[i](h, attention_mask=None, position_ids=pos, position_embeddings=self.rope(h, positions), **kw)
+        return out[0] if isinstance(out, tuple) else out
+
+    def qk(self, i, h_in, positions):
+        """Post-RoPE queries and keys of layer ``i`` for its input ``h_in`` (1, N, C): ``(H, N, D)`` each, the keys
+        repeated for their query group."""
+        layer = self.layers[i]
+        attn = layer.self_attn
+        x = layer.input_layernorm(h_in)
+        d = attn.head_dim
+        q = attn.q_proj(x).view(1, x.shape[1], -1, d).transpose(1, 2)
+        k = attn.k_proj(x).view(1, x.shape[1], -1, d).transpose(1, 2)
+        cos, sin = self.rope(h_in, positions)
+        cos, sin = cos[:, None], sin[:, None]
+
+        def rot(t):
+            half = t.shape[-1] // 2
+            return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+
+        q, k = rot(q)[0], rot(k)[0]
+        k = k.repeat_interleave(q.shape[0] // k.shape[0], 0)
+        return q, k
+
+    def probs(self, i, h_in, positions):
+        """Eager causal attention probabilities ``(H, N, N)`` of layer ``i`` (float32 softmax)."""
+        q, k = self.qk(i, h_in, positions)
+        att = q.float() @ k.float().transpose(1, 2) / math.sqrt(q.shape[-1])
+        n = att.shape[-1]
+        att = att.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        return torch.softmax(att, dim=-1)
+
+    def logits(self, h):
+        return self.head(self.lm.norm(h))[0, -1]
+
+    def embed(self, token):
+        return self.lm.embed_tokens(torch.tensor([[token]]))
