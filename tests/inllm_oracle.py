@@ -1,7 +1,7 @@
 """Pieces for the slow oracles of the in-LLM methods (tests/test_dart.py, test_sparsevlm.py,
 test_pyramiddrop.py): a stock forward that records what the language model receives, and a manual language
 model driven one decoder layer at a time for ONE unpadded sample, the way the official code drives its layers.
-Nothing here knows a method; nothing here uses slimvlm.inllm."""
+Also the family-wide generate check the three share. Nothing here knows a method; nothing here uses slimvlm.inllm."""
 
 from __future__ import annotations
 
@@ -10,6 +10,30 @@ import math
 
 import torch
 from transformers import DynamicCache
+
+#: every family (tiny model), with a video where it takes one.
+FAMILY_CASES = [
+    ("llava", False), ("llava-next", False), ("llava-onevision", True), ("video-llava", True),
+    ("llava-next-video", True), ("qwen2-vl", True), ("qwen2.5-vl", True),
+]
+
+
+def generates_on_family(fam: str, video: bool, method: str, **options):
+    """``slimvlm.apply(method, **options)`` on a tiny ``fam`` model generates greedy, with beams and with sampling for
+    a batch of two prompts, and its layer 3 runs narrower than layer 0; returns the wrapper."""
+    import slimvlm
+    from slimvlm.testing import tiny_inputs, tiny_model
+
+    m = tiny_model(fam)
+    inputs = tiny_inputs(m, fam, ["one", "two words"], images_per_prompt=[1, 1], video=video)
+    slim = slimvlm.apply(m, method, **options)
+    assert slim.generate(**inputs, max_new_tokens=3, do_sample=False).shape[0] == 2
+    assert slim.generate(**inputs, max_new_tokens=3, num_beams=2).shape[0] == 2
+    torch.manual_seed(0)
+    assert slim.generate(**inputs, max_new_tokens=3, do_sample=True, num_return_sequences=2).shape[0] == 4
+    widths = slim.last_inllm_stats["width"]
+    assert widths[3] < widths[0]
+    return slim
 
 
 def capture(model, inputs):

@@ -15,7 +15,7 @@ from slimvlm.inllm import InLLMPruner, cache_lengths, pyramiddrop_schedule
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import ManualLM, capture
+from inllm_oracle import FAMILY_CASES, ManualLM, capture, generates_on_family
 
 PROMPTS = ["what is it", "a", "where is the red cube now", "two words"]
 SIZES = [(32, 32), (64, 32), (32, 64), (48, 48)]
@@ -164,23 +164,9 @@ def test_cost_gives_the_schedule(capsys):
     assert report[label]["tokens_per_layer"] == [616] * 8 + [104] * 8 + [72] * 8 + [56] * 8
 
 
-FAMILY_CASES = [
-    ("llava", False), ("llava-next", False), ("llava-onevision", True), ("video-llava", True),
-    ("llava-next-video", True), ("qwen2-vl", True), ("qwen2.5-vl", True),
-]
-
-
 @pytest.mark.parametrize("fam,video", FAMILY_CASES)
 def test_every_family_generates_with_beams_and_sampling(fam, video):
-    m = tiny_model(fam)
-    inputs = tiny_inputs(m, fam, ["one", "two words"], images_per_prompt=[1, 1], video=video)
-    slim = slimvlm.apply(m, "pyramiddrop", keep=8)
-    assert slim.generate(**inputs, max_new_tokens=3, do_sample=False).shape[0] == 2
-    assert slim.generate(**inputs, max_new_tokens=3, num_beams=2).shape[0] == 2
-    torch.manual_seed(0)
-    assert slim.generate(**inputs, max_new_tokens=3, do_sample=True, num_return_sequences=2).shape[0] == 4
-    widths = slim.last_inllm_stats["width"]
-    assert widths[3] < widths[0]
+    slim = generates_on_family(fam, video, "pyramiddrop", keep=8)
     assert slim.pruner.positions == ("original" if fam.startswith("qwen") else "renumber")
 
 

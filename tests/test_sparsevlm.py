@@ -17,7 +17,7 @@ from slimvlm.inllm.schedules import Recycle, sparsevlm_schedule, sparsevlm_stage
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import ManualLM, capture
+from inllm_oracle import FAMILY_CASES, ManualLM, capture, generates_on_family
 
 PROMPTS = ["what is it", "a", "where is the red cube now", "two words"]
 SIZES = [(32, 32), (64, 32), (32, 64), (48, 48)]
@@ -219,23 +219,9 @@ def test_stage_counts_and_recycled_counts():
     assert info.layer_counts(info.make_config(stage_counts=(10, 5, 5)), 40, 4) == [40, 12, 6, 6]
 
 
-FAMILY_CASES = [
-    ("llava", False), ("llava-next", False), ("llava-onevision", True), ("video-llava", True),
-    ("llava-next-video", True), ("qwen2-vl", True), ("qwen2.5-vl", True),
-]
-
-
 @pytest.mark.parametrize("fam,video", FAMILY_CASES)
 def test_every_family_generates_with_beams_and_sampling(fam, video):
-    m = tiny_model(fam)
-    inputs = tiny_inputs(m, fam, ["one", "two words"], images_per_prompt=[1, 1], video=video)
-    slim = slimvlm.apply(m, "sparsevlm", keep=8)
-    assert slim.generate(**inputs, max_new_tokens=3, do_sample=False).shape[0] == 2
-    assert slim.generate(**inputs, max_new_tokens=3, num_beams=2).shape[0] == 2
-    torch.manual_seed(0)
-    assert slim.generate(**inputs, max_new_tokens=3, do_sample=True, num_return_sequences=2).shape[0] == 4
-    widths = slim.last_inllm_stats["width"]
-    assert widths[3] < widths[0]
+    generates_on_family(fam, video, "sparsevlm", keep=8)
 
 
 @pytest.mark.parametrize(
