@@ -10,11 +10,10 @@ import math
 
 import pytest
 import torch
-from video_support import check_through_apply, randn, video
+from video_support import check_against, check_through_apply, randn, video
 
 from slimvlm.methods import DyCokeConfig, dycoke, get, make_config, reduce
 
-ATOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- oracle
@@ -55,14 +54,6 @@ def ref_dycoke(x: torch.Tensor, k: float | None = None, p: int | None = None, mo
             anchors = sorted(anchors)
         rows.append((x[i, anchors] if anchors else x[i, :0], anchors))
     return rows
-
-
-def check_against(red, rows) -> None:
-    assert red.counts == [len(a) for _, a in rows]
-    for f, (want, anchors) in enumerate(rows):
-        got, got_anchors = red.item(f)
-        assert got_anchors.tolist() == anchors, f
-        torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------- oracle agreement

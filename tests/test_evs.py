@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-from video_support import check_through_apply, randn, video
+from video_support import check_against, check_through_apply, randn, video
 
 from slimvlm.methods import EVSConfig, evs, get, make_config, reduce
 
-ATOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- oracle
@@ -47,14 +46,6 @@ def ref_evs(x: torch.Tensor, retain: int) -> list[tuple[torch.Tensor, list[int]]
 def ref_count(n: int, frames: int, q: float) -> int:
     """``compute_retained_tokens_count``."""
     return max(n, int(n * frames * (1 - q)))
-
-
-def check_against(red, rows) -> None:
-    assert red.counts == [len(a) for _, a in rows]
-    for f, (want, anchors) in enumerate(rows):
-        got, got_anchors = red.item(f)
-        assert got_anchors.tolist() == anchors
-        torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------- oracle agreement

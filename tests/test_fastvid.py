@@ -12,11 +12,10 @@ import struct
 
 import pytest
 import torch
-from video_support import check_through_apply, randn, scores, video
+from video_support import check_against, check_through_apply, randn, scores, video
 
 from slimvlm.methods import FastVIDConfig, fastvid, get, make_config, reduce
 
-ATOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- oracle
@@ -121,14 +120,6 @@ def ref_fastvid(x, attn, retain, d=0.4, c=8, tau=0.9, p=4, beta=0.6, seed=0):
         anchors = sorted(kept[i])
         rows.append((torch.stack([kept[i][a] for a in anchors]).float() if anchors else x[i, :0].float(), anchors))
     return rows
-
-
-def check_against(red, rows) -> None:
-    assert red.counts == [len(a) for _, a in rows]
-    for f, (want, anchors) in enumerate(rows):
-        got, got_anchors = red.item(f)
-        assert got_anchors.tolist() == anchors, f
-        torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------- oracle agreement

@@ -14,12 +14,11 @@ from fractions import Fraction
 
 import pytest
 import torch
-from video_support import check_through_apply, randn, scores, video
+from video_support import check_against, check_through_apply, randn, scores, video
 
 from slimvlm.methods import HoliTomConfig, get, holitom, make_config, reduce
 from slimvlm.methods.holitom import static_windows
 
-ATOL = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- oracle
@@ -133,14 +132,6 @@ def ref_holitom(x, attn, rate, tau=0.8, d=0.0, beta=0.6, k=7, max_window=1024, s
         anchors = [a for a, _ in rows[f]]
         out.append((torch.stack([t for _, t in rows[f]]).float() if anchors else x[f, :0].float(), anchors))
     return out
-
-
-def check_against(red, rows) -> None:
-    assert red.counts == [len(a) for _, a in rows]
-    for f, (want, anchors) in enumerate(rows):
-        got, got_anchors = red.item(f)
-        assert got_anchors.tolist() == anchors, f
-        torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------- oracle agreement

@@ -1,6 +1,6 @@
 """What the tests of the temporal methods (tests/test_dycoke.py, test_fastvid.py, test_holitom.py, test_evs.py)
-share: random videos, and one check of a method through ``slimvlm.apply`` on the tiny video families against the
-test's own oracle.
+share: random videos, the comparison of a method's reduction with the test's per-frame oracle, and one check of a
+method through ``slimvlm.apply`` on the tiny video families against that oracle.
 
 The oracle gets each video's frame tokens (and their ``cls_attn``) as the family adapter encodes them and returns,
 per frame, the kept ``(features, anchors)``; the check compares with what the pipeline injects into the stock
@@ -124,3 +124,12 @@ def _expected(item, oracle: Oracle) -> torch.Tensor:
     everything = [(p, t) for p, t in zip(where, tokens)] + [(int(p), item.tokens[p]) for p in prot.nonzero().flatten()]
     everything.sort(key=lambda e: e[0])
     return torch.stack([t for _, t in everything])
+
+
+def check_against(red, rows, atol: float = 1e-5) -> None:
+    """``red`` (one video, row = frame) keeps exactly the oracle's ``rows``: per frame ``(features, anchors)``."""
+    assert red.counts == [len(a) for _, a in rows]
+    for f, (want, anchors) in enumerate(rows):
+        got, got_anchors = red.item(f)
+        assert got_anchors.tolist() == anchors, f
+        torch.testing.assert_close(got, want, rtol=0, atol=atol)
