@@ -11,6 +11,10 @@ import math
 import torch
 from transformers import DynamicCache
 
+#: the prompts and image sizes (a different visual count per row on LLaVA-NeXT) of the oracle batches.
+PROMPTS = ["what is it", "a", "where is the red cube now", "two words"]
+SIZES = [(32, 32), (64, 32), (32, 64), (48, 48)]
+
 #: every family (tiny model), with a video where it takes one.
 FAMILY_CASES = [
     ("llava", False), ("llava-next", False), ("llava-onevision", True), ("video-llava", True),

@@ -14,18 +14,7 @@ from slimvlm.inllm import InLLMPruner, cache_lengths, fastv_schedule
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import FAMILY_CASES, ManualLM, capture, generates_on_family
-
-PROMPTS = ["what is it", "a", "where is the red cube now", "two words"]
-SIZES = [(32, 32), (64, 32), (32, 64), (48, 48)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family
 
 
 @pytest.fixture(scope="module")
