@@ -1,7 +1,8 @@
 """Pieces for the slow oracles of the in-LLM methods (tests/test_dart.py, test_sparsevlm.py,
 test_pyramiddrop.py): a stock forward that records what the language model receives, and a manual language
 model driven one decoder layer at a time for ONE unpadded sample, the way the official code drives its layers.
-Also the family-wide generate check the three share. Nothing here knows a method; nothing here uses slimvlm.inllm."""
+Also the checks the three share through ``slimvlm.apply`` (every family generates; remove and mask agree). Nothing
+here knows a method, and the oracles themselves do not use slimvlm.inllm."""
 
 from __future__ import annotations
 
@@ -118,3 +119,23 @@ class ManualLM:
 
     def embed(self, token):
         return self.lm.embed_tokens(torch.tensor([[token]]))
+
+
+def remove_and_mask(model, inputs, method: str, **options) -> dict:
+    """``method`` through ``slimvlm.apply`` in ``prune_mode="remove"`` and ``"mask"`` on the same inputs: per mode
+    ``(last logits, greedy generation, per-layer cache lengths, last_inllm_stats)``, after checking that the two modes
+    agree (logits within 1e-5, identical greedy tokens)."""
+    import slimvlm
+    from slimvlm._compat import cache_from_output
+    from slimvlm.inllm import cache_lengths
+
+    out = {}
+    for mode in ("remove", "mask"):
+        slim = slimvlm.apply(model, method, prune_mode=mode, **options)
+        with torch.no_grad():
+            res = slim(**inputs)
+        gen = slim.generate(**inputs, max_new_tokens=4, do_sample=False)
+        out[mode] = res.logits[:, -1], gen, cache_lengths(cache_from_output(res)), slim.last_inllm_stats
+    assert (out["remove"][0] - out["mask"][0]).abs().max().item() <= 1e-5
+    assert torch.equal(out["remove"][1], out["mask"][1])
+    return out

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import slimvlm
-from slimvlm._compat import cache_from_output
-from slimvlm.inllm import InLLMPruner, cache_lengths, fastv_schedule
+from slimvlm.inllm import InLLMPruner, fastv_schedule
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family
+from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family, remove_and_mask
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +133,7 @@ def test_pivot_order_is_the_python_set_order():
 
 def test_remove_shortens_and_matches_mask(model):
     inputs = tiny_inputs(model, "llava-next", PROMPTS, image_sizes=SIZES)
-    out = {}
-    for mode in ("remove", "mask"):
-        slim = slimvlm.apply(model, "dart", prune_mode=mode, k=2, keep=36)
-        with torch.no_grad():
-            res = slim(**inputs)
-        gen = slim.generate(**inputs, max_new_tokens=4, do_sample=False)
-        out[mode] = res.logits[:, -1], gen, cache_lengths(cache_from_output(res)), slim.last_inllm_stats
-    assert (out["remove"][0] - out["mask"][0]).abs().max().item() <= 1e-5
-    assert torch.equal(out["remove"][1], out["mask"][1])
+    out = remove_and_mask(model, inputs, "dart", k=2, keep=36)
     n = out["mask"][3]["n_visual"]
     assert out["mask"][3]["kept"] == {0: n, 1: n, 2: [36] * 4, 3: [36] * 4}
     length = inputs["input_ids"].shape[1]

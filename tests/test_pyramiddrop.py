@@ -10,12 +10,11 @@ import pytest
 import torch
 
 import slimvlm
-from slimvlm._compat import cache_from_output
-from slimvlm.inllm import InLLMPruner, cache_lengths, pyramiddrop_schedule
+from slimvlm.inllm import InLLMPruner, pyramiddrop_schedule
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family
+from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family, remove_and_mask
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +112,7 @@ def test_matches_the_official_rule(model, batch):
 
 def test_remove_shortens_and_matches_mask(model):
     inputs = tiny_inputs(model, "llava-next", PROMPTS, image_sizes=SIZES)
-    out = {}
-    for mode in ("remove", "mask"):
-        slim = slimvlm.apply(model, "pyramiddrop", prune_mode=mode, keep=40)
-        with torch.no_grad():
-            res = slim(**inputs)
-        gen = slim.generate(**inputs, max_new_tokens=4, do_sample=False)
-        out[mode] = res.logits[:, -1], gen, cache_lengths(cache_from_output(res)), slim.last_inllm_stats
-    assert (out["remove"][0] - out["mask"][0]).abs().max().item() <= 1e-5
-    assert torch.equal(out["remove"][1], out["mask"][1])
+    out = remove_and_mask(model, inputs, "pyramiddrop", keep=40)
     n = out["mask"][3]["n_visual"]
     assert out["mask"][3]["kept"] == {0: n, 1: [40] * 4, 2: [20] * 4, 3: [10] * 4}  # keep=40 → 40, 20, 10
     length = inputs["input_ids"].shape[1]

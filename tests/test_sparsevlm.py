@@ -11,13 +11,12 @@ import pytest
 import torch
 
 import slimvlm
-from slimvlm._compat import cache_from_output
-from slimvlm.inllm import InLLMPruner, cache_lengths
+from slimvlm.inllm import InLLMPruner
 from slimvlm.inllm.schedules import Recycle, sparsevlm_schedule, sparsevlm_stage_counts
 from slimvlm.methods import get
 from slimvlm.testing import tiny_inputs, tiny_model
 
-from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family
+from inllm_oracle import FAMILY_CASES, PROMPTS, SIZES, ManualLM, capture, generates_on_family, remove_and_mask
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +172,7 @@ def test_raters_match_the_official_formula():
 
 def test_remove_shortens_and_matches_mask(model):
     inputs = tiny_inputs(model, "llava-next", PROMPTS, image_sizes=SIZES)
-    out = {}
-    for mode in ("remove", "mask"):
-        slim = slimvlm.apply(model, "sparsevlm", prune_mode=mode, keep=64)
-        with torch.no_grad():
-            res = slim(**inputs)
-        gen = slim.generate(**inputs, max_new_tokens=4, do_sample=False)
-        out[mode] = res.logits[:, -1], gen, cache_lengths(cache_from_output(res)), slim.last_inllm_stats
-    assert (out["remove"][0] - out["mask"][0]).abs().max().item() <= 1e-5
-    assert torch.equal(out["remove"][1], out["mask"][1])
+    out = remove_and_mask(model, inputs, "sparsevlm", keep=64)
     n = out["mask"][3]["n_visual"]
     schedule = sparsevlm_schedule(4, keep=64)
     assert out["mask"][3]["kept"] == {layer: [schedule.count(v, layer) for v in n] for layer in range(4)}
